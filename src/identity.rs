@@ -1,0 +1,1 @@
+//! Derived identities (to be written).

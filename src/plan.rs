@@ -1,0 +1,241 @@
+//! The launch plan: the contract between `machina gen` and `machina-launch`.
+//!
+//! A plan holds exactly what the privileged launcher needs to prepare the
+//! host for one VM and exec QEMU, and nothing of the configuration language.
+//! It is written by `machina gen` (root-owned, mode 0644) and read by
+//! `machina-launch`, which refuses a plan whose `version` it does not know or
+//! that carries a key it does not understand.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::names::{InterfaceName, MachineName};
+
+/// The plan format this build writes and understands.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Default directory of plan files.
+pub const DEFAULT_PLAN_DIR: &str = "/etc/machina/launch";
+
+/// Default parent of every VM's runtime directory.
+pub const RUNTIME_ROOT: &str = "/run/machina";
+
+/// Everything `machina-launch` needs to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Plan {
+    /// Must equal [`PLAN_VERSION`].
+    pub version: u32,
+    /// The VM's name.
+    pub machine: MachineName,
+    /// The VM's UUID.
+    pub uuid: Uuid,
+    /// The uid QEMU runs as. Equal to `gid` by construction.
+    pub uid: u32,
+    /// The gid QEMU runs as; also the group granted access to the VM's files.
+    pub gid: u32,
+    /// The VM's runtime directory (`/run/machina/<vm>`), owned by `uid`,
+    /// mode 0750. QMP sockets live in its `qmp/` subdirectory.
+    pub runtime_dir: PathBuf,
+    /// TAP devices to create, in the order of their fds.
+    #[serde(default)]
+    pub taps: Vec<Tap>,
+    /// Mediated devices to create and grant.
+    #[serde(default)]
+    pub mdevs: Vec<Mdev>,
+    /// Files the VM's group must be able to open.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// `RLIMIT_MEMLOCK` in bytes, set when vfio devices pin guest memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memlock: Option<u64>,
+    /// What to exec.
+    pub qemu: QemuExec,
+}
+
+/// One TAP device and the fds QEMU receives for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Tap {
+    /// Interface name (`<vm>.<conn>`, hashed past 15 bytes).
+    pub ifname: InterfaceName,
+    /// Bridge to enslave the TAP to.
+    pub bridge: InterfaceName,
+    /// The guest NIC's MAC, for the record (QEMU sets it on the device).
+    pub mac: String,
+    /// fd numbers QEMU finds the TAP queues at; one per queue.
+    pub fds: Vec<i32>,
+    /// fd numbers of `/dev/vhost-net` opens, one per queue; empty when vhost
+    /// is off.
+    #[serde(default)]
+    pub vhost_fds: Vec<i32>,
+}
+
+/// A mediated device (e.g. a vGPU) the VM uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Mdev {
+    /// The mdev UUID (`/sys/bus/mdev/devices/<uuid>`).
+    pub uuid: Uuid,
+    /// Root of sysfs (`/sys` in production; a fake tree in tests).
+    pub sysfs_root: PathBuf,
+    /// Parent devices that can supply it, in the order to try them.
+    pub parents: Vec<MdevParent>,
+}
+
+/// One physical device able to create a mediated device of the wanted type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MdevParent {
+    /// PCI address, e.g. `0000:c1:00.0`.
+    pub address: String,
+    /// The wanted type's display name (the type's `name` file).
+    pub type_name: String,
+    /// Preferred NVIDIA placement ids, in order.
+    #[serde(default)]
+    pub placements: Vec<u32>,
+    /// Whether the parent supports heterogeneous vGPU types.
+    #[serde(default)]
+    pub heterogeneous: bool,
+}
+
+/// A file the VM's group is given access to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Grant {
+    /// Absolute path of a regular file, block device or (vvfat) directory.
+    pub path: PathBuf,
+    /// Read-only or read-write.
+    pub access: Access,
+    /// Shared media (ISOs, firmware code) used by many VMs: never re-group;
+    /// rely on world-read or add a per-VM ACL entry.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// Access a VM needs to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Read only.
+    ReadOnly,
+    /// Read and write.
+    ReadWrite,
+}
+
+/// The QEMU process to exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct QemuExec {
+    /// Absolute path of the QEMU binary.
+    pub binary: PathBuf,
+    /// Arguments after argv[0], with fd numbers in place.
+    pub args: Vec<String>,
+}
+
+/// Why a plan was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Not valid JSON for this format.
+    #[error("plan is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// A version this build does not understand.
+    #[error("plan version {found} is not supported (this machina-launch understands version {PLAN_VERSION}); run `machina gen` with the matching machina")]
+    Version {
+        /// The version found in the file.
+        found: u32,
+    },
+    /// A field is inconsistent.
+    #[error("plan is not valid: {0}")]
+    Invalid(String),
+}
+
+impl Plan {
+    /// Parses and checks a plan document.
+    pub fn from_json(text: &str) -> Result<Plan, PlanError> {
+        // Read the version alone first, so a future format gets a version
+        // error rather than an unknown-field error.
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let v: VersionOnly = serde_json::from_str(text)?;
+        if v.version != PLAN_VERSION {
+            return Err(PlanError::Version { found: v.version });
+        }
+        let plan: Plan = serde_json::from_str(text)?;
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// Serializes the plan as pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("plan serializes");
+        s.push('\n');
+        s
+    }
+
+    /// Checks the invariants the launcher relies on.
+    pub fn check(&self) -> Result<(), PlanError> {
+        let bad = |m: String| Err(PlanError::Invalid(m));
+        if self.uid == 0 || self.gid == 0 {
+            return bad("uid and gid must not be 0".into());
+        }
+        if self.uid != self.gid {
+            return bad(format!("uid {} differs from gid {}", self.uid, self.gid));
+        }
+        if !self.runtime_dir.is_absolute() {
+            return bad(format!(
+                "runtime-dir {} is not absolute",
+                self.runtime_dir.display()
+            ));
+        }
+        if !self.qemu.binary.is_absolute() {
+            return bad(format!(
+                "qemu binary {} is not absolute",
+                self.qemu.binary.display()
+            ));
+        }
+        let mut fds: Vec<i32> = Vec::new();
+        for tap in &self.taps {
+            if tap.fds.is_empty() {
+                return bad(format!("tap {} has no fds", tap.ifname));
+            }
+            if !tap.vhost_fds.is_empty() && tap.vhost_fds.len() != tap.fds.len() {
+                return bad(format!(
+                    "tap {} has {} fds but {} vhost fds",
+                    tap.ifname,
+                    tap.fds.len(),
+                    tap.vhost_fds.len()
+                ));
+            }
+            fds.extend(&tap.fds);
+            fds.extend(&tap.vhost_fds);
+        }
+        let mut sorted = fds.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != fds.len() {
+            return bad("an fd number is used twice".into());
+        }
+        if sorted.first().is_some_and(|&fd| fd < 3) {
+            return bad("fd numbers below 3 are reserved for stdio".into());
+        }
+        for g in &self.grants {
+            if !g.path.is_absolute() {
+                return bad(format!("grant path {} is not absolute", g.path.display()));
+            }
+        }
+        for m in &self.mdevs {
+            if !m.sysfs_root.is_absolute() {
+                return bad(format!(
+                    "sysfs root {} is not absolute",
+                    m.sysfs_root.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}

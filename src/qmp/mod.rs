@@ -1,0 +1,1 @@
+//! qmp (to be written).

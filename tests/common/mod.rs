@@ -1,0 +1,89 @@
+//! Support shared by the integration tests: prerequisites and SKIP reporting.
+//!
+//! A test whose prerequisite is missing calls [`skip`], which prints
+//! `SKIP <test>: <reason>` and records it in `$MACHINA_SKIP_LOG` (set by
+//! `scripts/test`), so the summary counts it. It never passes silently: under
+//! `MACHINA_REQUIRE_PRIVILEGED=1` (set in CI) a skip is a failure.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Reports a skipped test. Returns `()` so callers can `return skip(..)`.
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIP {test}: {reason}");
+    println!("{line}");
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("MACHINA_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+    if std::env::var("MACHINA_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{line} (prerequisites are required here)");
+    }
+}
+
+/// Whether the process runs as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The QEMU binary, if installed.
+pub fn qemu_binary() -> Option<PathBuf> {
+    ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Checks root, `/dev/kvm` (group-accessible), `/dev/net/tun` and QEMU.
+/// Returns the QEMU binary, or reports a SKIP and returns `None`.
+pub fn privileged(test: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        skip(test, "not running as root");
+        return None;
+    }
+    let Some(qemu) = qemu_binary() else {
+        skip(test, "qemu-system-x86_64 is not installed");
+        return None;
+    };
+    match std::fs::metadata("/dev/kvm") {
+        Err(_) => {
+            skip(test, "/dev/kvm is missing");
+            return None;
+        }
+        Ok(m) if m.gid() == 0 || m.mode() & 0o060 != 0o060 => {
+            skip(
+                test,
+                "/dev/kvm is not group read-write for a kvm group (scripts/test sets root:kvm 0660)",
+            );
+            return None;
+        }
+        Ok(_) => {}
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        skip(test, "/dev/net/tun is missing");
+        return None;
+    }
+    Some(qemu)
+}
+
+/// The path of a binary built by this package (`machina`, `machina-launch`).
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "machina" => PathBuf::from(env!("CARGO_BIN_EXE_machina")),
+        "machina-launch" => PathBuf::from(env!("CARGO_BIN_EXE_machina-launch")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// Directory of the Go reference goldens (`../shared/spec/golden`).
+pub fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/golden")
+}
