@@ -1,1 +1,425 @@
-//! Derived identities (to be written).
+//! Identities derived from a machine's UUID and name.
+//!
+//! MACs, WWNs, serials and device UUIDs are byte-identical to the Go
+//! machina's, so a migrated guest keeps its hardware identity. The recipe:
+//! SHAKE128 absorbs the machine UUID's 16 bytes, then the name and each
+//! component as a u64 big-endian length followed by the bytes; output is
+//! squeezed from the start of the stream.
+//!
+//! The VM's uid/gid uses the same hash input as the Go file-system group
+//! (components `privilege`, `file-system`, `group-id`, round counter) but is
+//! mapped into a configurable range the systemd UID/GID guide leaves free, and
+//! the round is bumped on collision (see [`IdRange`], [`derive_vm_id`]).
+
+use std::fmt;
+
+use sha3::digest::{ExtendableOutput, Update, XofReader};
+use sha3::Shake128;
+use uuid::Uuid;
+
+/// A SHAKE128 stream seeded with a machine's identity and some components.
+pub struct Seed {
+    reader: <Shake128 as ExtendableOutput>::Reader,
+}
+
+impl Seed {
+    /// Starts a stream for machine `id`/`name` and the given components.
+    pub fn new(id: &Uuid, name: &str, components: &[&[u8]]) -> Seed {
+        let mut h = Shake128::default();
+        h.update(id.as_bytes());
+        h.update(&(name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        for c in components {
+            h.update(&(c.len() as u64).to_be_bytes());
+            h.update(c);
+        }
+        Seed {
+            reader: h.finalize_xof(),
+        }
+    }
+
+    /// Reads the next `N` bytes of the stream.
+    pub fn read<const N: usize>(&mut self) -> [u8; N] {
+        let mut buf = [0u8; N];
+        self.reader.read(&mut buf);
+        buf
+    }
+}
+
+/// The derived MAC of connection `conn`: `52:54:00` plus three hash bytes.
+pub fn connection_mac(id: &Uuid, machine: &str, conn: &str) -> String {
+    let mut b: [u8; 6] = Seed::new(
+        id,
+        machine,
+        &[b"connection", b"hardware-addr", conn.as_bytes()],
+    )
+    .read();
+    b[..3].copy_from_slice(&[0x52, 0x54, 0x00]);
+    format_mac(&b)
+}
+
+/// Formats six bytes as a lowercase colon-separated MAC.
+pub fn format_mac(b: &[u8; 6]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The derived WWN of volume `vol`: NAA 5 with OUI 52:54:00.
+pub fn volume_wwn(id: &Uuid, machine: &str, vol: &str) -> Wwn {
+    let mut b: [u8; 8] = Seed::new(id, machine, &[b"volume", b"wwn", vol.as_bytes()]).read();
+    b[0] = 0x55;
+    b[1] = 0x25;
+    b[2] = 0x40;
+    b[3] &= 0x0f;
+    Wwn::Naa8(b)
+}
+
+/// The derived serial number of volume `vol`: 16 hash bytes in base32hex.
+pub fn volume_serial(id: &Uuid, machine: &str, vol: &str) -> String {
+    let b: [u8; 16] = Seed::new(id, machine, &[b"volume", b"serial-number", vol.as_bytes()]).read();
+    base32hex_nopad(&b)
+}
+
+/// The derived UUID of mediated device `dev` of class `class`.
+pub fn device_uuid(id: &Uuid, machine: &str, class: &str, dev: &str) -> Uuid {
+    let mut b: [u8; 16] = Seed::new(
+        id,
+        machine,
+        &[b"device", b"id", class.as_bytes(), dev.as_bytes()],
+    )
+    .read();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(b)
+}
+
+/// The Go program's file-system group id (first u32 ≥ 65536 of the round-0
+/// stream). Kept to check the hash input against the Go vectors; machina's
+/// own ids come from [`derive_vm_id`].
+pub fn go_group_id(id: &Uuid, machine: &str) -> Option<u32> {
+    let mut s = group_seed(id, machine, 0);
+    (0..4096)
+        .map(|_| u32::from_be_bytes(s.read()))
+        .find(|&v| v >= 65536)
+}
+
+fn group_seed(id: &Uuid, machine: &str, round: u64) -> Seed {
+    let round = round.to_be_bytes();
+    Seed::new(
+        id,
+        machine,
+        &[b"privilege", b"file-system", b"group-id", &round],
+    )
+}
+
+/// RFC 4648 §7 base32hex, uppercase, no padding.
+fn base32hex_nopad(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHIJKLMNOPQRSTUV";
+    let mut out = String::with_capacity(data.len().div_ceil(5) * 8);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &byte in data {
+        acc = (acc << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// A range of uids/gids reserved for VM identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// First id of the range.
+    pub first: u32,
+    /// Last id of the range (inclusive).
+    pub last: u32,
+}
+
+impl Default for IdRange {
+    /// 65536–524287: above the 16-bit range (system, regular, systemd-homed
+    /// and dynamic users, nobody) and below systemd-nspawn's container range
+    /// (524288 and up), per systemd's UID/GID allocation guide.
+    fn default() -> Self {
+        IdRange {
+            first: 65536,
+            last: 524287,
+        }
+    }
+}
+
+impl IdRange {
+    /// Checks that the range lies in space the systemd allocation guide
+    /// leaves free for local use and holds no special id.
+    pub fn check(&self) -> Result<(), String> {
+        if self.first > self.last {
+            return Err(format!(
+                "first id {} is greater than last id {}",
+                self.first, self.last
+            ));
+        }
+        // Ranges systemd reserves: system/regular/homed/dynamic users and
+        // nobody below 65536, containers 524288..=1879048191, the foreign
+        // range and everything from 2^31 on.
+        if self.first < 65536 {
+            return Err(format!(
+                "first id {} is below 65536 (system, regular and dynamic users live there)",
+                self.first
+            ));
+        }
+        if self.last >= 524288 {
+            return Err(format!(
+                "last id {} reaches 524288, where systemd's container ranges begin",
+                self.last
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of ids in the range.
+    pub fn size(&self) -> u64 {
+        u64::from(self.last - self.first) + 1
+    }
+
+    /// Whether `id` is inside the range.
+    pub fn contains(&self, id: u32) -> bool {
+        (self.first..=self.last).contains(&id)
+    }
+}
+
+/// Most rounds tried before giving up on finding a free id.
+pub const MAX_ID_ROUNDS: u64 = 4096;
+
+/// Derives the VM's uid/gid: for round 0, 1, 2, … the first u32 of the
+/// group-id stream, mapped into `range`; the first value `taken` rejects
+/// (another VM's id, an existing user or group) moves to the next round.
+pub fn derive_vm_id(
+    id: &Uuid,
+    machine: &str,
+    range: IdRange,
+    mut taken: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    (0..MAX_ID_ROUNDS).find_map(|round| {
+        let v = u32::from_be_bytes(group_seed(id, machine, round).read());
+        let candidate = range.first + (u64::from(v) % range.size()) as u32;
+        (!taken(candidate)).then_some(candidate)
+    })
+}
+
+/// A World Wide Name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wwn {
+    /// An 8-byte name (NAA 1, 2, 3, 5, 12–15).
+    Naa8([u8; 8]),
+    /// A 16-byte name (NAA 6).
+    Naa16([u8; 16]),
+}
+
+/// Why WWN text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WwnError {
+    /// Not hexadecimal, or an odd number of digits.
+    #[error("world wide name {0:?} is not hexadecimal (optionally 0x-prefixed, ':'-separated)")]
+    Hex(String),
+    /// More than 16 bytes (the Go program panicked here).
+    #[error("world wide name {0:?} is longer than 16 bytes")]
+    TooLong(String),
+    /// The NAA nibble is not one QEMU and SCSI know.
+    #[error("world wide name {text:?} has unrecognized network address authority type {naa}")]
+    Naa {
+        /// The text.
+        text: String,
+        /// The NAA nibble.
+        naa: u8,
+    },
+    /// The length does not fit the NAA type.
+    #[error("world wide name {text:?} with network address authority type {naa} is {len} byte(s) long (should be {want})")]
+    Length {
+        /// The text.
+        text: String,
+        /// The NAA nibble.
+        naa: u8,
+        /// Bytes given.
+        len: usize,
+        /// Bytes required.
+        want: usize,
+    },
+}
+
+impl Wwn {
+    /// Parses WWN text as the Go program does (colons removed, one leading
+    /// lowercase `0x` stripped, hex), returning `None` for the empty string.
+    pub fn parse(text: &str) -> Result<Option<Wwn>, WwnError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let stripped: String = text.chars().filter(|&c| c != ':').collect();
+        let hex = stripped.strip_prefix("0x").unwrap_or(&stripped);
+        if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(WwnError::Hex(text.to_owned()));
+        }
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("checked hex"))
+            .collect();
+        if bytes.len() > 16 {
+            return Err(WwnError::TooLong(text.to_owned()));
+        }
+        let naa = bytes.first().map_or(0, |b| b >> 4);
+        let want = match naa {
+            6 => 16,
+            1 | 2 | 5 | 12..=15 => 8,
+            _ => {
+                return Err(WwnError::Naa {
+                    text: text.to_owned(),
+                    naa,
+                })
+            }
+        };
+        if bytes.len() != want {
+            return Err(WwnError::Length {
+                text: text.to_owned(),
+                naa,
+                len: bytes.len(),
+                want,
+            });
+        }
+        Ok(Some(if want == 16 {
+            Wwn::Naa16(bytes.try_into().expect("16 bytes"))
+        } else {
+            Wwn::Naa8(bytes.try_into().expect("8 bytes"))
+        }))
+    }
+}
+
+impl fmt::Display for Wwn {
+    /// `0x` plus uppercase hex, as QEMU's `wwn=` property takes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("0x")?;
+        let bytes: &[u8] = match self {
+            Wwn::Naa8(b) => b,
+            Wwn::Naa16(b) => b,
+        };
+        bytes.iter().try_for_each(|b| write!(f, "{b:02X}"))
+    }
+}
+
+/// A random locally-administered MAC with QEMU's `52:54:00` prefix.
+pub fn random_mac() -> String {
+    let b = Uuid::new_v4();
+    let b = b.as_bytes();
+    format_mac(&[0x52, 0x54, 0x00, b[0], b[1], b[2]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_vm() -> Uuid {
+        "8b18191a-234f-45ce-b43c-b46e28cd2f70".parse().unwrap()
+    }
+
+    #[test]
+    fn go_vectors_test_vm() {
+        let id = test_vm();
+        assert_eq!(connection_mac(&id, "test-vm", "0"), "52:54:00:26:77:fa");
+        assert_eq!(
+            volume_wwn(&id, "test-vm", "os").to_string(),
+            "0x5525400908FE6258"
+        );
+        assert_eq!(
+            volume_serial(&id, "test-vm", "os"),
+            "9IQ4PUV68QOCNS2C75OKUS04I4"
+        );
+        assert_eq!(
+            device_uuid(&id, "test-vm", "cad-standard", "vgpu").to_string(),
+            "3e2cee4d-1002-4989-af98-3e03b8ad3197"
+        );
+        assert_eq!(go_group_id(&id, "test-vm"), Some(2584257136));
+    }
+
+    #[test]
+    fn go_group_vectors_other_machines() {
+        let min: Uuid = "00000000-0000-0000-0000-000000000001".parse().unwrap();
+        assert_eq!(go_group_id(&min, "min"), Some(3013664170));
+        assert_eq!(go_group_id(&Uuid::nil(), "noid"), Some(2066315774));
+    }
+
+    #[test]
+    fn vm_id_in_range_and_bumps_on_collision() {
+        let id = test_vm();
+        let r = IdRange::default();
+        let first = derive_vm_id(&id, "test-vm", r, |_| false).unwrap();
+        assert!(r.contains(first));
+        let second = derive_vm_id(&id, "test-vm", r, |v| v == first).unwrap();
+        assert!(r.contains(second));
+        assert_ne!(first, second);
+        // Stable across calls.
+        assert_eq!(derive_vm_id(&id, "test-vm", r, |_| false), Some(first));
+        assert_eq!(derive_vm_id(&id, "test-vm", r, |_| true), None);
+    }
+
+    #[test]
+    fn id_range_rules() {
+        IdRange::default().check().unwrap();
+        assert!(IdRange {
+            first: 1000,
+            last: 70000
+        }
+        .check()
+        .is_err());
+        assert!(IdRange {
+            first: 70000,
+            last: 600000
+        }
+        .check()
+        .is_err());
+        assert!(IdRange {
+            first: 70000,
+            last: 60000
+        }
+        .check()
+        .is_err());
+    }
+
+    #[test]
+    fn wwn_parsing() {
+        let w = Wwn::parse("50:00:c5:00:a1:b2:c3:d4").unwrap().unwrap();
+        assert_eq!(w.to_string(), "0x5000C500A1B2C3D4");
+        assert_eq!(Wwn::parse("").unwrap(), None);
+        assert!(matches!(
+            Wwn::parse("0X5000c500a1b2c3d4"),
+            Err(WwnError::Hex(_))
+        ));
+        assert!(matches!(Wwn::parse("0x500"), Err(WwnError::Hex(_))));
+        assert!(matches!(
+            Wwn::parse(&format!("0x6{}", "0".repeat(33))),
+            Err(WwnError::TooLong(_))
+        ));
+        assert!(matches!(
+            Wwn::parse("0x30000000"),
+            Err(WwnError::Naa { naa: 3, .. })
+        ));
+        assert!(matches!(
+            Wwn::parse("0x5000c500"),
+            Err(WwnError::Length { want: 8, .. })
+        ));
+        let w16 = Wwn::parse(&format!("0x6{}", "1".repeat(31)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(w16.to_string().len(), 34);
+    }
+
+    #[test]
+    fn base32hex() {
+        assert_eq!(base32hex_nopad(b""), "");
+        assert_eq!(base32hex_nopad(b"f"), "CO");
+        assert_eq!(base32hex_nopad(b"foobar"), "CPNMUOJ1E8");
+    }
+}

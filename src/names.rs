@@ -15,6 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Longest name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The name rule as a regular expression (for the JSON Schema).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]*$";
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -110,6 +113,20 @@ macro_rules! name_type {
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(&self.0)
+            }
+        }
+
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "description": concat!("A ", $kind, " name: letters, digits, '-', '_' and '.', starting with a letter or digit."),
+                    "pattern": NAME_PATTERN,
+                    "maxLength": MAX_NAME_LEN,
+                })
             }
         }
 
@@ -245,17 +262,7 @@ mod tests {
     #[test]
     fn refuses_injection_and_traversal() {
         for n in [
-            "",
-            "a,b",
-            "a=b",
-            "a b",
-            "../x",
-            ".hidden",
-            "-flag",
-            "a/b",
-            "a\nb",
-            "é",
-            "$x",
+            "", "a,b", "a=b", "a b", "../x", ".hidden", "-flag", "a/b", "a\nb", "é", "$x",
         ] {
             assert!(check_name("volume", n).is_err(), "{n:?} accepted");
         }

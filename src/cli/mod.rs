@@ -1,6 +1,368 @@
-//! cli (to be written).
+//! The `machina` command line.
+//!
+//! Exit codes: 0 success; 1 a command failed (bad configuration, a VM that
+//! could not be reached, …; one line per problem on stderr); 2 usage error
+//! (unknown command or flag, missing argument).
+
+mod summary;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine};
+use crate::names::MachineName;
+use crate::plan::{Plan, TakenIds, DEFAULT_PLAN_DIR};
+use crate::qemu;
+
+/// Exit code for a failed command.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for a usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+const EXIT_CODES: &str =
+    "Exit codes: 0 success; 1 a command failed (one line per problem on stderr); 2 usage error.";
+
+/// Runs QEMU/KVM virtual machines as systemd units; QEMU never holds root.
+#[derive(Debug, Parser)]
+#[command(name = "machina", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Configuration directory holding machina.conf.json and machine.conf.d/.
+    #[arg(long, global = true, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR, env = "MACHINA_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Displays the machina configuration for virtual machines ("system" for the host file).
+    Cat {
+        /// Print JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Machines to show.
+        machines: Vec<String>,
+    },
+    /// Lists all of the virtual machines present.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Displays the QEMU arguments for virtual machines.
+    Args {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Generates launch plans (and systemd units) for virtual machines.
+    #[command(visible_alias = "gen")]
+    Generate {
+        /// Print the plans instead of writing them.
+        #[arg(long)]
+        preview: bool,
+        /// Write under this directory instead of / (for another host).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Directory of launch plans (below --root).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PLAN_DIR)]
+        plan_dir: PathBuf,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Generates a random machine identifier.
+    GenId,
+    /// Generates a random MAC hardware address.
+    GenMac,
+    /// Prints a JSON Schema of the host file or the machine files.
+    Schema {
+        /// Which file kind.
+        #[arg(value_enum, default_value = "machine")]
+        kind: SchemaKind,
+    },
+    /// Displays machina version information.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchemaKind {
+    /// machina.conf.json
+    Host,
+    /// machine.conf.d/<name>.conf.json
+    Machine,
+}
+
+/// An error a command reports: one line, already formatted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError(e.to_string())
+    }
+}
 
 /// Entry point of the `machina` binary; returns the exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("machina: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliError> {
+    names
+        .iter()
+        .map(|n| MachineName::new(n.as_str()).map_err(|e| CliError(e.to_string())))
+        .collect()
+}
+
+/// Loads the host file and builds each named machine, stopping at the first
+/// error.
+fn load_all(dir: &ConfigDir, names: &[String]) -> Result<(HostFile, Vec<Machine>), CliError> {
+    let host = dir.load_host()?;
+    let machines = machine_names(names)?
+        .iter()
+        .map(|n| config::load_machine(dir, &host, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((host, machines))
+}
+
+fn run(cli: Cli) -> Result<i32, CliError> {
+    let dir = ConfigDir::new(&cli.config_dir);
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Cat { json, machines } => cat(&dir, &machines, json, &mut out)?,
+        Command::List { json } => list(&dir, json, &mut out)?,
+        Command::Args { machines } => {
+            let (_, machines) = load_all(&dir, &machines)?;
+            let many = machines.len() > 1;
+            for (i, m) in machines.iter().enumerate() {
+                let hw = qemu::build(m)?;
+                if i > 0 {
+                    writeln!(out)?;
+                }
+                if many {
+                    writeln!(out, "----{}----", m.name)?;
+                }
+                writeln!(out, "{}", qemu::argv_line(&hw.argv()))?;
+            }
+        }
+        Command::Generate {
+            preview,
+            root,
+            plan_dir,
+            machines,
+        } => generate(
+            &dir,
+            &machines,
+            preview,
+            root.as_deref(),
+            &plan_dir,
+            &mut out,
+        )?,
+        Command::GenId => writeln!(out, "{}", uuid::Uuid::new_v4())?,
+        Command::GenMac => writeln!(out, "{}", crate::identity::random_mac())?,
+        Command::Schema { kind } => {
+            let schema = match kind {
+                SchemaKind::Host => schemars::schema_for!(config::schema::HostFile),
+                SchemaKind::Machine => schemars::schema_for!(config::schema::MachineFile),
+            };
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&schema).expect("schema serializes")
+            )?;
+        }
+        Command::Version => {
+            writeln!(out, "machina {}", env!("CARGO_PKG_VERSION"))?;
+            writeln!(out, "  launch plan version: {}", crate::plan::PLAN_VERSION)?;
+        }
+    }
+    Ok(0)
+}
+
+fn cat(
+    dir: &ConfigDir,
+    names: &[String],
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let host = dir.load_host()?;
+    let taken = TakenIds::scan(Path::new("/etc"), Path::new(DEFAULT_PLAN_DIR));
+    let mut texts = Vec::new();
+    let mut values = Vec::new();
+    for name in names {
+        if name == "system" {
+            texts.push((name.clone(), summary::host_text(&host)));
+            if json {
+                values.push(serde_json::to_value(&host).expect("host serializes"));
+            }
+            continue;
+        }
+        let n = MachineName::new(name.as_str()).map_err(|e| CliError(e.to_string()))?;
+        let m = config::load_machine(dir, &host, &n)?;
+        let id = taken.id_for(&m).ok();
+        if json {
+            values.push(
+                serde_json::to_value(summary::machine_json(&m, id)).expect("summary serializes"),
+            );
+        } else {
+            texts.push((name.clone(), summary::machine_text(&m, id)));
+        }
+    }
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&values).expect("json")
+        )?;
+    } else if texts.len() == 1 {
+        writeln!(out, "{}", texts[0].1)?;
+    } else {
+        for (name, text) in texts {
+            writeln!(out, "----{name}----")?;
+            writeln!(out, "{text}")?;
+        }
+    }
+    Ok(())
+}
+
+fn list(dir: &ConfigDir, json: bool, out: &mut impl Write) -> Result<(), CliError> {
+    let names = dir.list_machines()?;
+    let mut rows = Vec::new();
+    for n in &names {
+        let desc = match dir.load_machine(n) {
+            Ok(f) => Ok(f.description),
+            Err(e) => Err(e.to_string()),
+        };
+        rows.push((n, desc));
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, d)| match d {
+                Ok(d) => serde_json::json!({"name": n.as_str(), "description": d}),
+                Err(e) => serde_json::json!({"name": n.as_str(), "error": e}),
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"))?;
+        return Ok(());
+    }
+    let width = names.iter().map(|n| n.as_str().len()).max().unwrap_or(0);
+    for (n, d) in rows {
+        match d {
+            Ok(d) if d.is_empty() => writeln!(out, "{n}")?,
+            Ok(d) => writeln!(out, "{:width$}  ({d})", n.as_str())?,
+            // The Go program printed "<nil>" here instead of the error.
+            Err(e) => writeln!(out, "{:width$}  error: {e}", n.as_str())?,
+        }
+    }
+    Ok(())
+}
+
+/// `<root>/<abs>`, or `abs` without a root.
+fn under_root(root: Option<&Path>, abs: &Path) -> PathBuf {
+    match root {
+        Some(r) => r.join(abs.strip_prefix("/").unwrap_or(abs)),
+        None => abs.to_owned(),
+    }
+}
+
+fn generate(
+    dir: &ConfigDir,
+    names: &[String],
+    preview: bool,
+    root: Option<&Path>,
+    plan_dir: &Path,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let (_, machines) = load_all(dir, names)?;
+    let plan_dir = under_root(root, plan_dir);
+    let mut taken = TakenIds::scan(&under_root(root, Path::new("/etc")), &plan_dir);
+    // Build everything first: the first error aborts before anything is
+    // written.
+    let mut plans: Vec<Plan> = Vec::new();
+    for m in &machines {
+        let hw = qemu::build(m)?;
+        let id = taken.id_for(m).map_err(|e| CliError(e.to_string()))?;
+        taken.take(m, id);
+        plans.push(crate::plan::plan_for(m, &hw, id, Path::new("/sys")));
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        if preview {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(
+                out,
+                "----{}----",
+                plan_dir.join(format!("{}.json", plan.machine)).display()
+            )?;
+            write!(out, "{}", plan.to_json())?;
+        } else {
+            write_file_atomic(
+                &plan_dir.join(format!("{}.json", plan.machine)),
+                plan.to_json().as_bytes(),
+                0o644,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a
+/// reader never sees a partial file; creates the parent directory (0755).
+fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CliError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let parent = path
+        .parent()
+        .ok_or_else(|| CliError(format!("{}: no parent directory", path.display())))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(|e| CliError(format!("{}: {e}", parent.display())))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("machina")
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CliError(format!("{}: {e}", path.display()))
+    })
 }

@@ -1,1 +1,9 @@
-//! qemu (to be written).
+//! The QEMU hardware model: options, the PCIe topology, and the translation
+//! of a built machine into an argv.
+
+mod hardware;
+pub mod options;
+pub mod topology;
+
+pub use hardware::{build, Hardware, TapFds, FIRST_FD, SANDBOX};
+pub use options::{argv_line, to_argv, Opt};

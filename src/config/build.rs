@@ -1,0 +1,994 @@
+//! Tag merge (reference §2.11), population of derived identities (§7) and
+//! resolution against the host file, with every check the Go program lacked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::error::{ConfigError, Origin};
+use super::model::*;
+use super::pattern::{expand, port_from_pattern};
+use super::schema::{
+    Attributes, Connection, Definition, Device, HostFile, MachineFile, StorageType, Volume,
+};
+use crate::identity::{self, IdRange, Wwn};
+use crate::names::{InterfaceName, MachineName, TagName};
+use crate::plan::{MdevParent, RUNTIME_ROOT};
+
+/// Lowest TCP port a VM may use: QEMU never runs as root.
+pub const MIN_PORT: i64 = 1024;
+
+/// The host file with its path, for error messages.
+pub struct Host<'a> {
+    /// The parsed file.
+    pub file: &'a HostFile,
+    /// Its path.
+    pub path: &'a Path,
+}
+
+/// One definition in merge order, with where it came from.
+struct Def<'a> {
+    def: &'a Definition,
+    origin: Origin,
+}
+
+/// Builds a machine: merges its tags, fills in derived identities and
+/// resolves pools, networks, devices and ports against the host file.
+pub fn build(
+    host: &Host<'_>,
+    name: &MachineName,
+    file: &MachineFile,
+    machine_path: &Path,
+) -> Result<Machine, ConfigError> {
+    let morigin = Origin::new(machine_path, "");
+    if let Some(json_name) = &file.name {
+        if json_name != name.as_str() {
+            return Err(ConfigError::invalid(
+                &morigin.key("name"),
+                format!("name {json_name:?} differs from the file name {name:?}; rename the file to {json_name}.conf.json or remove the key"),
+            ));
+        }
+    }
+    let own = file.definition();
+    let mut defs = vec![Def {
+        def: &own,
+        origin: morigin.clone(),
+    }];
+    let horigin = Origin::new(host.path, "tag");
+    for (i, tag) in file.tags.iter().enumerate() {
+        let def = host.file.tag.get(tag).ok_or_else(|| {
+            ConfigError::invalid(
+                &morigin.key("tags").index(i),
+                format!(
+                    "tag {tag:?} is not defined in the host file{}",
+                    suggest_tag(host.file, tag)
+                ),
+            )
+        })?;
+        defs.push(Def {
+            def,
+            origin: horigin.key(tag.as_str()),
+        });
+    }
+
+    let id = file.id.unwrap_or_else(Uuid::nil);
+    let vars = merge_vars(&defs);
+    let attrs = merge_attrs(&defs);
+    let qemu = resolve_qemu(host)?;
+    let group = resolve_group(host, name, &defs)?;
+
+    let description = file.description.clone();
+    check_text(&morigin.key("description"), &description)?;
+
+    let ctx = Ctx {
+        host,
+        name,
+        id,
+        description: &description,
+        vars: &vars,
+    };
+
+    let ram_mib = attrs.memory.ram;
+    if ram_mib == 0 {
+        return Err(ConfigError::invalid(
+            &morigin.key("attrs.memory.ram"),
+            "no RAM is set (attrs.memory.ram, in MiB, in the machine or one of its tags)",
+        ));
+    }
+    if ram_mib > 16 << 20 {
+        return Err(ConfigError::invalid(
+            &field_origin(&defs, "attrs.memory.ram", |d| d.attrs.memory.ram > 0),
+            format!("RAM of {ram_mib} MiB is more than 16 TiB"),
+        ));
+    }
+
+    let cpu = resolve_cpu(&ctx, &defs, &attrs)?;
+    let firmware = resolve_firmware(&ctx, &defs, &attrs)?;
+    let tpm = resolve_tpm(&ctx, &defs, &attrs)?;
+    let qmp_sockets = resolve_qmp(&ctx, &defs, &attrs)?;
+    let agent_port = if attrs.agent.qemu.enabled {
+        Some(resolve_port(
+            &ctx,
+            &defs,
+            "attrs.agent.qemu",
+            attrs.agent.qemu.port,
+            &attrs.agent.qemu.port_pattern,
+            |d| {
+                (
+                    d.attrs.agent.qemu.port,
+                    d.attrs.agent.qemu.port_pattern.as_str(),
+                )
+            },
+        )?)
+    } else {
+        None
+    };
+    let spice = if attrs.spice.enabled {
+        let port = resolve_port(
+            &ctx,
+            &defs,
+            "attrs.spice",
+            attrs.spice.port,
+            &attrs.spice.port_pattern,
+            |d| (d.attrs.spice.port, d.attrs.spice.port_pattern.as_str()),
+        )?;
+        Some(SpiceSpec {
+            port,
+            heads: attrs.spice.displays.clamp(1, 4),
+        })
+    } else {
+        None
+    };
+
+    let volumes = merge_named(
+        &defs,
+        "volumes",
+        |d| &d.volumes,
+        |v: &Volume| v.name.as_ref().map(|n| n.to_string()),
+    )?
+    .into_iter()
+    .map(|(v, origin)| resolve_volume(&ctx, v, &origin, true))
+    .collect::<Result<Vec<_>, _>>()?;
+    let connections = merge_named(
+        &defs,
+        "connections",
+        |d| &d.connections,
+        |c: &Connection| c.name.as_ref().map(|n| n.to_string()),
+    )?
+    .into_iter()
+    .map(|(c, origin)| resolve_connection(&ctx, c, &origin))
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut ifnames = HashSet::new();
+    for c in &connections {
+        if !ifnames.insert(c.ifname.clone()) {
+            return Err(ConfigError::invalid(
+                &c.origin,
+                format!("interface name {} is used by two connections", c.ifname),
+            ));
+        }
+    }
+    let devices = merge_named(
+        &defs,
+        "devices",
+        |d| &d.devices,
+        |d: &Device| d.name.as_ref().map(|n| n.to_string()),
+    )?
+    .into_iter()
+    .map(|(d, origin)| resolve_device(&ctx, d, &origin))
+    .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Machine {
+        name: name.clone(),
+        description,
+        id,
+        tags: file.tags.clone(),
+        vars,
+        group,
+        attrs,
+        qemu,
+        firmware,
+        cpu,
+        ram_mib,
+        enlightenments: defs.iter().any(|d| d.def.attrs.enlightenments.enabled),
+        tpm,
+        qmp_sockets,
+        agent_port,
+        spice,
+        volumes,
+        connections,
+        devices,
+        origin: morigin,
+    })
+}
+
+struct Ctx<'a> {
+    host: &'a Host<'a>,
+    name: &'a MachineName,
+    id: Uuid,
+    description: &'a str,
+    vars: &'a BTreeMap<String, String>,
+}
+
+fn suggest_tag(host: &HostFile, tag: &TagName) -> String {
+    let lower = tag.as_str().to_ascii_lowercase();
+    host.tag
+        .keys()
+        .find(|k| k.as_str().to_ascii_lowercase() == lower)
+        .map(|k| format!("; did you mean {:?}?", k.as_str()))
+        .unwrap_or_default()
+}
+
+/// The origin of the first definition where `set` holds, at `key`.
+fn field_origin(defs: &[Def<'_>], key: &str, set: impl Fn(&Definition) -> bool) -> Origin {
+    defs.iter()
+        .find(|d| set(d.def))
+        .unwrap_or(&defs[0])
+        .origin
+        .key(key)
+}
+
+fn merge_vars(defs: &[Def<'_>]) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    for d in defs {
+        for (k, v) in &d.def.vars {
+            vars.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    vars
+}
+
+/// The first definition that sets a field wins; booleans are OR-ed; QMP
+/// socket lists are unions from the last definition back to the first.
+fn merge_attrs(defs: &[Def<'_>]) -> Attributes {
+    let mut a = Attributes::default();
+    for d in defs.iter().rev() {
+        let s = &d.def.attrs;
+        if !s.firmware.code.is_empty() {
+            a.firmware.code = s.firmware.code.clone();
+        }
+        if !s.firmware.vars.is_empty() {
+            a.firmware.vars = s.firmware.vars.clone();
+        }
+        if !s.cpu.processor.is_empty() {
+            a.cpu.processor = s.cpu.processor.clone();
+        }
+        set_nonzero(&mut a.cpu.sockets, s.cpu.sockets);
+        set_nonzero(&mut a.cpu.cores, s.cpu.cores);
+        set_nonzero(&mut a.cpu.threads, s.cpu.threads);
+        set_nonzero(&mut a.memory.ram, s.memory.ram);
+        a.enlightenments.enabled |= s.enlightenments.enabled;
+        a.tpm.enabled |= s.tpm.enabled;
+        if !s.tpm.data.is_empty() {
+            a.tpm.data = s.tpm.data.clone();
+        }
+        if !s.tpm.socket.path.is_empty() {
+            a.tpm.socket.path = s.tpm.socket.path.clone();
+        }
+        a.qmp.enabled |= s.qmp.enabled;
+        union_into(&mut a.qmp.sockets.names, &s.qmp.sockets.names);
+        union_into(&mut a.qmp.sockets.paths, &s.qmp.sockets.paths);
+        a.agent.qemu.enabled |= s.agent.qemu.enabled;
+        set_nonzero(&mut a.agent.qemu.port, s.agent.qemu.port);
+        if !s.agent.qemu.port_pattern.is_empty() {
+            a.agent.qemu.port_pattern = s.agent.qemu.port_pattern.clone();
+        }
+        a.spice.enabled |= s.spice.enabled;
+        set_nonzero(&mut a.spice.port, s.spice.port);
+        if !s.spice.port_pattern.is_empty() {
+            a.spice.port_pattern = s.spice.port_pattern.clone();
+        }
+        set_nonzero(&mut a.spice.displays, s.spice.displays);
+    }
+    a
+}
+
+fn set_nonzero<T: Copy + Default + PartialEq>(dst: &mut T, src: T) {
+    if src != T::default() {
+        *dst = src;
+    }
+}
+
+fn union_into(dst: &mut Vec<String>, src: &[String]) {
+    for s in src {
+        if !dst.contains(s) {
+            dst.push(s.clone());
+        }
+    }
+}
+
+/// Concatenates a list across definitions (machine first) and drops later
+/// entries whose name repeats. Every entry must have a name.
+fn merge_named<'a, T>(
+    defs: &'a [Def<'a>],
+    key: &str,
+    list: impl Fn(&'a Definition) -> &'a Vec<T>,
+    name: impl Fn(&T) -> Option<String>,
+) -> Result<Vec<(&'a T, Origin)>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for d in defs {
+        for (i, item) in list(d.def).iter().enumerate() {
+            let origin = d.origin.key(key).index(i);
+            let Some(n) = name(item) else {
+                return Err(ConfigError::invalid(
+                    &origin.key("name"),
+                    "a name is required",
+                ));
+            };
+            if seen.insert(n) {
+                out.push((item, origin));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_qemu(host: &Host<'_>) -> Result<QemuHost, ConfigError> {
+    let q = &host.file.qemu;
+    let origin = Origin::new(host.path, "qemu");
+    let binary = PathBuf::from(&q.binary);
+    if !binary.is_absolute() {
+        return Err(ConfigError::invalid(
+            &origin.key("binary"),
+            format!("{:?} is not an absolute path", q.binary),
+        ));
+    }
+    check_text(&origin.key("binary"), &q.binary)?;
+    let model_ok = !q.cpu_model.is_empty()
+        && q.cpu_model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !model_ok {
+        return Err(ConfigError::invalid(
+            &origin.key("cpu-model"),
+            format!(
+                "{:?} is not a CPU model name (letters, digits, '-', '_', '.')",
+                q.cpu_model
+            ),
+        ));
+    }
+    Ok(QemuHost {
+        binary,
+        accelerator: q.accelerator,
+        cpu_model: q.cpu_model.clone(),
+        vhost: q.vhost,
+        nic_option_rom: q.nic_option_rom,
+    })
+}
+
+fn resolve_group(
+    host: &Host<'_>,
+    name: &MachineName,
+    defs: &[Def<'_>],
+) -> Result<FsGroup, ConfigError> {
+    let range = match host.file.id_range {
+        Some(r) => {
+            let r = IdRange {
+                first: r.first,
+                last: r.last,
+            };
+            r.check()
+                .map_err(|m| ConfigError::invalid(&Origin::new(host.path, "id-range"), m))?;
+            r
+        }
+        None => IdRange::default(),
+    };
+    let gname = defs
+        .iter()
+        .map(|d| &d.def.privileges.filesystem.group.name)
+        .find(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_else(|| format!("machina-{name}"));
+    let gid = defs
+        .iter()
+        .map(|d| d.def.privileges.filesystem.group.id)
+        .find(|&id| id != 0);
+    if let Some(id) = gid {
+        if id < 1000 || id == 65534 || id == 65535 || id >= 1 << 31 {
+            return Err(ConfigError::invalid(
+                &field_origin(defs, "privileges.filesystem.group.id", |d| d.privileges.filesystem.group.id != 0),
+                format!("group id {id} is a system, special or out-of-range id; QEMU must run as an unprivileged id"),
+            ));
+        }
+    }
+    Ok(FsGroup {
+        name: gname,
+        id: gid,
+        range,
+    })
+}
+
+fn resolve_cpu(
+    ctx: &Ctx<'_>,
+    defs: &[Def<'_>],
+    attrs: &Attributes,
+) -> Result<CpuSpec, ConfigError> {
+    let procs = &ctx.host.file.processor;
+    let chosen = if attrs.cpu.processor.is_empty() {
+        procs
+            .iter()
+            .find(|(_, p)| p.default)
+            .or_else(|| procs.iter().next())
+    } else {
+        let p = procs.get_key_value(&attrs.cpu.processor).ok_or_else(|| {
+            ConfigError::invalid(
+                &field_origin(defs, "attrs.cpu.processor", |d| {
+                    !d.attrs.cpu.processor.is_empty()
+                }),
+                format!(
+                    "processor {:?} is not defined in the host file's \"processor\" map",
+                    attrs.cpu.processor
+                ),
+            )
+        })?;
+        Some(p)
+    };
+    let (brand, mut threads) = match chosen {
+        Some((_, p)) => {
+            let brand = if p.brand.eq_ignore_ascii_case("amd") {
+                Brand::Amd
+            } else if p.brand.eq_ignore_ascii_case("intel") {
+                Brand::Intel
+            } else {
+                Brand::Other
+            };
+            (brand, p.threads)
+        }
+        None => (Brand::Other, 0),
+    };
+    set_nonzero(&mut threads, attrs.cpu.threads);
+    let spec = CpuSpec {
+        brand,
+        sockets: attrs.cpu.sockets,
+        cores: attrs.cpu.cores,
+        threads,
+    };
+    let total = u64::from(spec.sockets.max(1))
+        * u64::from(spec.cores.max(1))
+        * u64::from(spec.threads.max(1));
+    if total > 1024 {
+        return Err(ConfigError::invalid(
+            &defs[0].origin.key("attrs.cpu"),
+            format!("{total} vCPUs (sockets × cores × threads) is more than 1024"),
+        ));
+    }
+    Ok(spec)
+}
+
+fn resolve_firmware(
+    ctx: &Ctx<'_>,
+    defs: &[Def<'_>],
+    attrs: &Attributes,
+) -> Result<Option<FirmwareSpec>, ConfigError> {
+    let fw = &attrs.firmware;
+    let code_origin = field_origin(defs, "attrs.firmware.code", |d| {
+        !d.attrs.firmware.code.is_empty()
+    });
+    let vars_origin = field_origin(defs, "attrs.firmware.vars", |d| {
+        !d.attrs.firmware.vars.is_empty()
+    });
+    if fw.code.is_empty() {
+        if !fw.vars.is_empty() {
+            // The Go program silently ignored vars without code.
+            return Err(ConfigError::invalid(
+                &vars_origin,
+                "firmware variables are set but firmware code is not",
+            ));
+        }
+        return Ok(None);
+    }
+    let code = resolve_volume(ctx, &fw.code, &code_origin, false)?;
+    let vars = if fw.vars.is_empty() {
+        None
+    } else {
+        Some(resolve_volume(ctx, &fw.vars, &vars_origin, false)?)
+    };
+    for v in std::iter::once(&code).chain(vars.as_ref()) {
+        if v.kind != StorageType::Firmware {
+            return Err(ConfigError::invalid(
+                &v.origin.key("storage"),
+                format!(
+                    "firmware volume uses storage pool {:?} of type {:?}; firmware needs a pool of type \"firmware\"",
+                    v.pool.as_str(),
+                    v.kind.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(Some(FirmwareSpec { code, vars }))
+}
+
+fn resolve_tpm(
+    ctx: &Ctx<'_>,
+    defs: &[Def<'_>],
+    attrs: &Attributes,
+) -> Result<Option<TpmSpec>, ConfigError> {
+    if !attrs.tpm.enabled {
+        return Ok(None);
+    }
+    let socket = if attrs.tpm.socket.path.is_empty() {
+        PathBuf::from(format!("{RUNTIME_ROOT}/{}/swtpm/control.socket", ctx.name))
+    } else {
+        let origin = field_origin(defs, "attrs.tpm.socket.path", |d| {
+            !d.attrs.tpm.socket.path.is_empty()
+        });
+        check_socket_path(&origin, &attrs.tpm.socket.path)?
+    };
+    Ok(Some(TpmSpec { socket }))
+}
+
+fn resolve_qmp(
+    ctx: &Ctx<'_>,
+    defs: &[Def<'_>],
+    attrs: &Attributes,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    if !attrs.qmp.enabled {
+        return Ok(Vec::new());
+    }
+    let dir = PathBuf::from(format!("{RUNTIME_ROOT}/{}/qmp", ctx.name));
+    let mut paths: Vec<PathBuf> = ["systemd.0", "command.0", "command.1"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.qmp.socket")))
+        .collect();
+    for n in &attrs.qmp.sockets.names {
+        let origin = field_origin(defs, "attrs.qmp.sockets.names", |d| {
+            d.attrs.qmp.sockets.names.contains(n)
+        });
+        crate::names::check_name("QMP socket", n)
+            .map_err(|e| ConfigError::invalid(&origin, e.to_string()))?;
+        paths.push(dir.join(format!("{n}.qmp.socket")));
+    }
+    for p in &attrs.qmp.sockets.paths {
+        let origin = field_origin(defs, "attrs.qmp.sockets.paths", |d| {
+            d.attrs.qmp.sockets.paths.contains(p)
+        });
+        paths.push(check_socket_path(&origin, p)?);
+    }
+    let mut seen = HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
+    for p in &paths {
+        if p.as_os_str().len() > 107 {
+            return Err(ConfigError::invalid(
+                &ctx_origin(defs),
+                format!(
+                    "QMP socket path {} is longer than 107 bytes (the UNIX socket limit)",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    Ok(paths)
+}
+
+fn ctx_origin(defs: &[Def<'_>]) -> Origin {
+    defs[0].origin.clone()
+}
+
+fn check_socket_path(origin: &Origin, p: &str) -> Result<PathBuf, ConfigError> {
+    check_text(origin, p)?;
+    let path = PathBuf::from(p);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(ConfigError::invalid(
+            origin,
+            format!("{p:?} is not an absolute path without '..'"),
+        ));
+    }
+    if p.len() > 107 {
+        return Err(ConfigError::invalid(
+            origin,
+            format!("{p:?} is longer than 107 bytes (the UNIX socket limit)"),
+        ));
+    }
+    Ok(path)
+}
+
+/// The port getter of one definition: fixed port and pattern.
+type PortField = for<'x> fn(&'x Definition) -> (u32, &'x str);
+
+fn resolve_port(
+    ctx: &Ctx<'_>,
+    defs: &[Def<'_>],
+    key: &str,
+    port: u32,
+    pattern: &str,
+    get: PortField,
+) -> Result<u16, ConfigError> {
+    let (value, origin) = if port != 0 {
+        let o = field_origin(defs, &format!("{key}.port"), |d| get(d).0 != 0);
+        (i64::from(port), o)
+    } else {
+        let o = field_origin(defs, &format!("{key}.port-pattern"), |d| {
+            !get(d).1.is_empty()
+        });
+        let lookup = |k: &str| ctx.vars.get(k).map(String::as_str);
+        let v = port_from_pattern(pattern, lookup)
+            .map_err(|e| ConfigError::invalid(&o, e.to_string()))?;
+        (v, o)
+    };
+    if !(MIN_PORT..=65535).contains(&value) {
+        return Err(ConfigError::invalid(
+            &origin,
+            format!("port {value} is outside {MIN_PORT}–65535 (QEMU runs unprivileged)"),
+        ));
+    }
+    Ok(value as u16)
+}
+
+/// Rejects control characters (newlines in particular) in text that reaches
+/// QEMU options or unit files.
+fn check_text(origin: &Origin, s: &str) -> Result<(), ConfigError> {
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(ConfigError::invalid(
+            origin,
+            format!("contains the control character {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_volume(
+    ctx: &Ctx<'_>,
+    v: &Volume,
+    origin: &Origin,
+    populate: bool,
+) -> Result<ResolvedVolume, ConfigError> {
+    let name = v
+        .name
+        .clone()
+        .ok_or_else(|| ConfigError::invalid(&origin.key("name"), "a name is required"))?;
+    let pool_name = v.storage.clone().ok_or_else(|| {
+        ConfigError::invalid(&origin.key("storage"), "a storage pool is required")
+    })?;
+    let pool = ctx.host.file.storage.get(&pool_name).ok_or_else(|| {
+        ConfigError::invalid(
+            &origin.key("storage"),
+            format!(
+                "storage pool {:?} is not defined in {}",
+                pool_name.as_str(),
+                ctx.host.path.display()
+            ),
+        )
+    })?;
+    let porigin = Origin::new(ctx.host.path, format!("storage.{pool_name}"));
+    check_text(&porigin.key("path"), &pool.path)?;
+    let base = PathBuf::from(&pool.path);
+    if !base.is_absolute() {
+        return Err(ConfigError::invalid(
+            &porigin.key("path"),
+            format!("{:?} is not an absolute path", pool.path),
+        ));
+    }
+    let file_name = if pool.pattern.is_empty() {
+        format!("{name}.{}", pool.kind.as_str())
+    } else {
+        let id = ctx.id.to_string();
+        let lookup = |k: &str| -> Option<&str> {
+            match k {
+                "machine-name" => Some(ctx.name.as_str()),
+                "machine-description" => Some(ctx.description),
+                "machine-id" => Some(&id),
+                "volume" => Some(name.as_str()),
+                other => ctx.vars.get(other).map(String::as_str),
+            }
+        };
+        expand(&pool.pattern, lookup)
+    };
+    check_text(&porigin.key("pattern"), &file_name)?;
+    let base = clean(&base);
+    let path = clean(&base.join(&file_name));
+    if !path.starts_with(&base) || path == base {
+        return Err(ConfigError::invalid(
+            origin,
+            format!(
+                "volume path {} (pattern {:?} of pool {:?}) is not inside the pool directory {}",
+                path.display(),
+                pool.pattern,
+                pool_name.as_str(),
+                base.display()
+            ),
+        ));
+    }
+    let wwn = match Wwn::parse(&v.wwn)
+        .map_err(|e| ConfigError::invalid(&origin.key("wwn"), e.to_string()))?
+    {
+        Some(w) => Some(w),
+        None if populate => Some(identity::volume_wwn(
+            &ctx.id,
+            ctx.name.as_str(),
+            name.as_str(),
+        )),
+        None => None,
+    };
+    check_text(&origin.key("serial"), &v.serial)?;
+    let serial = if v.serial.is_empty() && populate {
+        identity::volume_serial(&ctx.id, ctx.name.as_str(), name.as_str())
+    } else {
+        v.serial.clone()
+    };
+    if matches!(pool.kind, StorageType::Raw | StorageType::RawScsi) && serial.len() > 36 {
+        return Err(ConfigError::invalid(
+            &origin.key("serial"),
+            "a SCSI disk serial is at most 36 characters",
+        ));
+    }
+    if pool.kind == StorageType::RawBlock && serial.len() > 20 {
+        return Err(ConfigError::invalid(
+            &origin.key("serial"),
+            "a virtio-blk serial is at most 20 characters",
+        ));
+    }
+    Ok(ResolvedVolume {
+        name,
+        pool: pool_name,
+        kind: pool.kind,
+        readonly: pool.readonly,
+        path,
+        wwn,
+        serial,
+        bootable: v.bootable,
+        origin: origin.clone(),
+    })
+}
+
+/// Lexically cleans an absolute path: `.` and empty components dropped,
+/// `..` resolved (never above `/`), no trailing slash.
+fn clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn resolve_connection(
+    ctx: &Ctx<'_>,
+    c: &Connection,
+    origin: &Origin,
+) -> Result<ResolvedConnection, ConfigError> {
+    let name = c
+        .name
+        .clone()
+        .ok_or_else(|| ConfigError::invalid(&origin.key("name"), "a name is required"))?;
+    let network = c
+        .network
+        .clone()
+        .ok_or_else(|| ConfigError::invalid(&origin.key("network"), "a network is required"))?;
+    let net = ctx.host.file.network.get(&network).ok_or_else(|| {
+        ConfigError::invalid(
+            &origin.key("network"),
+            format!(
+                "network {:?} is not defined in {}",
+                network.as_str(),
+                ctx.host.path.display()
+            ),
+        )
+    })?;
+    let bridge = InterfaceName::new(net.device.clone()).map_err(|e| {
+        ConfigError::invalid(
+            &Origin::new(ctx.host.path, format!("network.{network}.device")),
+            e.to_string(),
+        )
+    })?;
+    check_text(&origin.key("ip"), &c.ip)?;
+    let mac = if c.mac.is_empty() {
+        identity::connection_mac(&ctx.id, ctx.name.as_str(), name.as_str())
+    } else {
+        check_mac(&c.mac).map_err(|m| ConfigError::invalid(&origin.key("mac"), m))?;
+        c.mac.clone()
+    };
+    let queues = c.queues.max(1);
+    if queues > 16 {
+        return Err(ConfigError::invalid(
+            &origin.key("queues"),
+            format!("{queues} queues is more than 16"),
+        ));
+    }
+    Ok(ResolvedConnection {
+        ifname: link_name(ctx.name.as_str(), name.as_str()),
+        name,
+        network,
+        bridge,
+        ip: c.ip.clone(),
+        mac,
+        queues,
+        origin: origin.clone(),
+    })
+}
+
+/// Checks a unicast MAC in `xx:xx:xx:xx:xx:xx` form.
+fn check_mac(mac: &str) -> Result<(), String> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(format!(
+            "{mac:?} is not a MAC address like 52:54:00:12:34:56"
+        ));
+    }
+    let first = u8::from_str_radix(parts[0], 16).expect("checked hex");
+    if first & 1 == 1 {
+        return Err(format!(
+            "{mac:?} is a multicast address; a NIC needs a unicast one"
+        ));
+    }
+    Ok(())
+}
+
+/// The TAP name: `<machine>.<conn>`, or past 15 bytes the first 11 bytes of
+/// its SHA3-224 in unpadded URL-safe base64 (the Go rule).
+pub fn link_name(machine: &str, conn: &str) -> InterfaceName {
+    use sha3::{Digest, Sha3_224};
+    let full = format!("{machine}.{conn}");
+    if full.len() <= InterfaceName::MAX_LEN {
+        if let Ok(n) = InterfaceName::new(full.clone()) {
+            return n;
+        }
+    }
+    let digest = Sha3_224::digest(full.as_bytes());
+    InterfaceName::new(base64url_nopad(&digest[..11]))
+        .expect("base64url of 11 bytes is a valid interface name")
+}
+
+fn base64url_nopad(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn resolve_device(
+    ctx: &Ctx<'_>,
+    d: &Device,
+    origin: &Origin,
+) -> Result<ResolvedDevice, ConfigError> {
+    let name = d
+        .name
+        .clone()
+        .ok_or_else(|| ConfigError::invalid(&origin.key("name"), "a name is required"))?;
+    let class = d
+        .class
+        .clone()
+        .ok_or_else(|| ConfigError::invalid(&origin.key("class"), "a device class is required"))?;
+    let mut parents = Vec::new();
+    for (key, md) in &ctx.host.file.mediated_device {
+        if let Some(c) = md.classes.get(&class) {
+            parents.push(mdev_parent(
+                ctx,
+                &format!("mediated-device.{key}"),
+                &md.address,
+                &c.name,
+                &c.placements,
+                md.heterogeneous,
+            )?);
+        }
+    }
+    for (key, md) in &ctx.host.file.mdev {
+        if let Some(t) = md.types.get(&class) {
+            parents.push(mdev_parent(
+                ctx,
+                &format!("mdev.{key}"),
+                &md.address,
+                t,
+                &[],
+                false,
+            )?);
+        }
+    }
+    if parents.is_empty() {
+        return Err(ConfigError::invalid(
+            &origin.key("class"),
+            format!(
+                "device class {:?} is not supplied by any entry of \"mediated-device\" in {}",
+                class.as_str(),
+                ctx.host.path.display()
+            ),
+        ));
+    }
+    parents.sort_by(|a, b| a.address.cmp(&b.address));
+    let uuid = match d.id {
+        Some(id) if !id.is_nil() => id,
+        _ => identity::device_uuid(&ctx.id, ctx.name.as_str(), class.as_str(), name.as_str()),
+    };
+    Ok(ResolvedDevice {
+        name,
+        class,
+        uuid,
+        parents,
+        origin: origin.clone(),
+    })
+}
+
+fn mdev_parent(
+    ctx: &Ctx<'_>,
+    key: &str,
+    address: &str,
+    type_name: &str,
+    placements: &[u32],
+    heterogeneous: bool,
+) -> Result<MdevParent, ConfigError> {
+    let origin = Origin::new(ctx.host.path, key);
+    if !is_pci_address(address) {
+        return Err(ConfigError::invalid(
+            &origin.key("address"),
+            format!("{address:?} is not a PCI address like 0000:c1:00.0"),
+        ));
+    }
+    if type_name.is_empty() {
+        return Err(ConfigError::invalid(&origin, "the mdev type name is empty"));
+    }
+    check_text(&origin, type_name)?;
+    Ok(MdevParent {
+        address: address.to_owned(),
+        type_name: type_name.to_owned(),
+        placements: placements.to_vec(),
+        heterogeneous,
+    })
+}
+
+/// `dddd:bb:dd.f` in lowercase or uppercase hex.
+pub fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_match_go_vectors() {
+        assert_eq!(link_name("test-vm", "0").as_str(), "test-vm.0");
+        assert_eq!(
+            link_name("a very-long-machine-name", "eth0").as_str(),
+            "tdHhUuAdrsvDhfY"
+        );
+        assert_eq!(
+            link_name("a very-long-machine-name", "").as_str(),
+            "_E1iIf2MEldmFr4"
+        );
+        assert_eq!(link_name("exactly-fifteen", "x").as_str().len(), 15);
+    }
+
+    #[test]
+    fn clean_paths() {
+        assert_eq!(
+            clean(Path::new("/zfs-tank//a/../b/")),
+            PathBuf::from("/zfs-tank/b")
+        );
+        assert_eq!(clean(Path::new("/../../etc")), PathBuf::from("/etc"));
+    }
+
+    #[test]
+    fn macs_and_pci() {
+        check_mac("52:54:00:26:77:fa").unwrap();
+        assert!(check_mac("53:54:00:26:77:fa").is_err());
+        assert!(check_mac("52:54:00:26:77").is_err());
+        assert!(check_mac("52:54:00:26:77:fa,x=y").is_err());
+        assert!(is_pci_address("0000:c1:00.0"));
+        assert!(!is_pci_address("0000:c1:00.0/../x"));
+        assert!(!is_pci_address("0000:c1:00.8"));
+    }
+}

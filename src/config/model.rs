@@ -1,0 +1,196 @@
+//! A machine after tag merge, population of derived identities and
+//! resolution against the host file: everything the QEMU model and the
+//! launch plan need, already validated.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use super::error::Origin;
+use super::schema::{Accelerator, Attributes, StorageType};
+use crate::identity::{IdRange, Wwn};
+use crate::names::{
+    ClassName, ConnectionName, DeviceName, InterfaceName, MachineName, NetworkName, PoolName,
+    TagName, VolumeName,
+};
+use crate::plan::MdevParent;
+
+/// A fully built machine.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The machine's name.
+    pub name: MachineName,
+    /// Free text.
+    pub description: String,
+    /// The machine UUID (nil when the file has none).
+    pub id: Uuid,
+    /// Tags, in order.
+    pub tags: Vec<TagName>,
+    /// Merged variables.
+    pub vars: BTreeMap<String, String>,
+    /// The file-system group: configured name and id, if any.
+    pub group: FsGroup,
+    /// The merged attributes as configured (for `cat`).
+    pub attrs: Attributes,
+    /// Host-level QEMU settings.
+    pub qemu: QemuHost,
+    /// UEFI firmware.
+    pub firmware: Option<FirmwareSpec>,
+    /// CPU.
+    pub cpu: CpuSpec,
+    /// RAM in MiB.
+    pub ram_mib: u64,
+    /// Hyper-V enlightenments.
+    pub enlightenments: bool,
+    /// TPM.
+    pub tpm: Option<TpmSpec>,
+    /// QMP socket paths in order (empty when QMP is off).
+    pub qmp_sockets: Vec<PathBuf>,
+    /// Guest agent TCP port.
+    pub agent_port: Option<u16>,
+    /// Spice.
+    pub spice: Option<SpiceSpec>,
+    /// Volumes in merged order.
+    pub volumes: Vec<ResolvedVolume>,
+    /// Connections in merged order.
+    pub connections: Vec<ResolvedConnection>,
+    /// Mediated devices in merged order.
+    pub devices: Vec<ResolvedDevice>,
+    /// Where the machine file is.
+    pub origin: Origin,
+}
+
+/// The VM's file-system group as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsGroup {
+    /// Group name (`machina-<vm>` unless configured).
+    pub name: String,
+    /// Explicit id from the config.
+    pub id: Option<u32>,
+    /// The range derived ids come from.
+    pub range: IdRange,
+}
+
+/// QEMU settings from the host file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuHost {
+    /// Absolute QEMU binary path.
+    pub binary: PathBuf,
+    /// Accelerator.
+    pub accelerator: Accelerator,
+    /// `-cpu` model.
+    pub cpu_model: String,
+    /// vhost-net for TAPs.
+    pub vhost: bool,
+    /// NIC option ROMs.
+    pub nic_option_rom: bool,
+}
+
+/// Firmware volumes.
+#[derive(Debug, Clone)]
+pub struct FirmwareSpec {
+    /// Code (pflash0).
+    pub code: ResolvedVolume,
+    /// Variables (pflash1).
+    pub vars: Option<ResolvedVolume>,
+}
+
+/// CPU brand, for brand-specific flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Brand {
+    /// AMD.
+    Amd,
+    /// Intel.
+    Intel,
+    /// Anything else or unset.
+    Other,
+}
+
+/// Resolved CPU topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuSpec {
+    /// Brand of the processor used.
+    pub brand: Brand,
+    /// Sockets (0 = unset).
+    pub sockets: u32,
+    /// Cores (0 = unset).
+    pub cores: u32,
+    /// Threads (0 = unset).
+    pub threads: u32,
+}
+
+/// TPM emulator settings.
+#[derive(Debug, Clone)]
+pub struct TpmSpec {
+    /// swtpm control socket.
+    pub socket: PathBuf,
+}
+
+/// Spice settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SpiceSpec {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// QXL heads, 1–4.
+    pub heads: u32,
+}
+
+/// A volume resolved against its pool.
+#[derive(Debug, Clone)]
+pub struct ResolvedVolume {
+    /// Volume name.
+    pub name: VolumeName,
+    /// Pool name.
+    pub pool: PoolName,
+    /// Pool type.
+    pub kind: StorageType,
+    /// Pool is read-only.
+    pub readonly: bool,
+    /// Absolute, cleaned path inside the pool.
+    pub path: PathBuf,
+    /// WWN (explicit or derived).
+    pub wwn: Option<Wwn>,
+    /// Serial (explicit or derived).
+    pub serial: String,
+    /// Gets a boot index.
+    pub bootable: bool,
+    /// Where it was defined.
+    pub origin: Origin,
+}
+
+/// A network connection resolved against its network.
+#[derive(Debug, Clone)]
+pub struct ResolvedConnection {
+    /// Connection name.
+    pub name: ConnectionName,
+    /// Network name.
+    pub network: NetworkName,
+    /// The bridge.
+    pub bridge: InterfaceName,
+    /// Informational IP.
+    pub ip: String,
+    /// MAC (explicit or derived).
+    pub mac: String,
+    /// Queue pairs (≥ 1).
+    pub queues: u32,
+    /// TAP interface name.
+    pub ifname: InterfaceName,
+    /// Where it was defined.
+    pub origin: Origin,
+}
+
+/// A mediated device resolved against the host's devices.
+#[derive(Debug, Clone)]
+pub struct ResolvedDevice {
+    /// Device name.
+    pub name: DeviceName,
+    /// Class.
+    pub class: ClassName,
+    /// mdev UUID (explicit or derived).
+    pub uuid: Uuid,
+    /// Parents that supply the class, sorted by address.
+    pub parents: Vec<MdevParent>,
+    /// Where it was defined.
+    pub origin: Origin,
+}

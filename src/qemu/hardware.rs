@@ -1,0 +1,680 @@
+//! Translates a built [`Machine`] into QEMU options, in the Go program's
+//! build order (reference §3.2): defaults, identity, firmware, attributes,
+//! volumes, connections, devices.
+
+use std::collections::HashSet;
+
+use super::options::{to_argv, Opt};
+use super::topology::{Controller, Topology, TopologyError, MAX_SATA};
+use crate::config::model::{Brand, Machine, ResolvedVolume};
+use crate::config::schema::{Accelerator, StorageType};
+use crate::config::{ConfigError, Origin};
+
+/// The Hyper-V enlightenments, in the Go program's order.
+const HYPERV: &[&str] = &[
+    "hv-relaxed",
+    "hv-vapic",
+    "hv-spinlocks=0x1fff",
+    "hv-vpindex",
+    "hv-runtime",
+    "hv-time",
+    "hv-synic",
+    "hv-stimer",
+    "hv-tlbflush",
+    "hv-ipi",
+    "hv-frequencies",
+    "hv-reenlightenment",
+    "hv-stimer-direct",
+    "hv-emsr-bitmap",
+    "hv-xmm-input",
+    "hv-tlbflush-ext",
+    "hv-tlbflush-direct",
+];
+
+/// The seccomp sandbox every QEMU runs under.
+pub const SANDBOX: &[&str] = &[
+    "on",
+    "obsolete=deny",
+    "elevateprivileges=deny",
+    "spawn=deny",
+    "resourcecontrol=deny",
+];
+
+/// First fd number handed to QEMU (after stdio).
+pub const FIRST_FD: i32 = 3;
+
+/// The fds one connection's TAP needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapFds {
+    /// One TAP fd per queue.
+    pub fds: Vec<i32>,
+    /// One vhost-net fd per queue (empty without vhost).
+    pub vhost_fds: Vec<i32>,
+}
+
+/// QEMU hardware for one machine.
+#[derive(Debug, Clone)]
+pub struct Hardware {
+    /// All options in order.
+    pub options: Vec<Opt>,
+    /// TAP fds per connection, in connection order.
+    pub taps: Vec<TapFds>,
+}
+
+impl Hardware {
+    /// The argv after argv[0].
+    pub fn argv(&self) -> Vec<String> {
+        to_argv(&self.options)
+    }
+}
+
+/// Longest QEMU block node name (`BLOCK_NODE_NAME` is 32 bytes with NUL).
+const MAX_NODE_NAME: usize = 31;
+
+/// Builds the hardware for `m`.
+pub fn build(m: &Machine) -> Result<Hardware, ConfigError> {
+    Builder::new(m).run()
+}
+
+struct Builder<'m> {
+    m: &'m Machine,
+    topo: Topology,
+    machine_params: Opt,
+    globals: Vec<Opt>,
+    mons: Vec<Opt>,
+    spice: Option<Opt>,
+    blockdevs: Vec<Opt>,
+    chardevs: Vec<Opt>,
+    tpmdevs: Vec<Opt>,
+    netdevs: Vec<Opt>,
+    nodes: HashSet<String>,
+    bootindex: u32,
+    sata: usize,
+    taps: Vec<TapFds>,
+}
+
+fn topo_err(origin: &Origin, e: TopologyError) -> ConfigError {
+    ConfigError::invalid(origin, e.to_string())
+}
+
+impl<'m> Builder<'m> {
+    fn new(m: &'m Machine) -> Self {
+        Builder {
+            m,
+            topo: Topology::new(),
+            machine_params: Opt::new("machine").named("type", "q35"),
+            globals: Vec::new(),
+            mons: Vec::new(),
+            spice: None,
+            blockdevs: Vec::new(),
+            chardevs: Vec::new(),
+            tpmdevs: Vec::new(),
+            netdevs: Vec::new(),
+            nodes: HashSet::new(),
+            bootindex: 0,
+            sata: 0,
+            taps: Vec::new(),
+        }
+    }
+
+    fn run(mut self) -> Result<Hardware, ConfigError> {
+        let m = self.m;
+        let morigin = m.origin.clone();
+        // 1. Defaults: pvpanic at index 0.
+        let panic_id = self.topo.next_id("panic");
+        self.topo
+            .add_direct(|a| {
+                Topology::direct_params(
+                    Opt::new("device").word("pvpanic-pci").named("id", panic_id),
+                    a,
+                )
+            })
+            .map_err(|e| topo_err(&morigin, e))?;
+        // 3. Firmware.
+        self.firmware()?;
+        // 4. Attributes.
+        let cpu = self.cpu();
+        self.tpm()?;
+        self.qmp();
+        self.agent()?;
+        self.spice_display()?;
+        // 5–7.
+        for v in &m.volumes {
+            self.volume(v)?;
+        }
+        self.connections()?;
+        self.devices()?;
+        Ok(self.finish(cpu))
+    }
+
+    fn firmware(&mut self) -> Result<(), ConfigError> {
+        let Some(fw) = &self.m.firmware else {
+            return Ok(());
+        };
+        let code = self.firmware_node(&fw.code)?;
+        self.machine_params = self.machine_params.clone().named("pflash0", &code);
+        if let Some(vars) = &fw.vars {
+            let node = self.firmware_node(vars)?;
+            self.machine_params = self.machine_params.clone().named("pflash1", node);
+        }
+        self.globals.push(global("cfi.pflash01", "secure", "on"));
+        Ok(())
+    }
+
+    /// A firmware file node: `<v>` when the pool is read-only (shared by
+    /// many VMs), else `<m>-<v>`.
+    fn firmware_node(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
+        let node = if v.readonly {
+            v.name.to_string()
+        } else {
+            format!("{}-{}", self.m.name, v.name)
+        };
+        self.add_node(v, &node)?;
+        let o = Opt::new("blockdev")
+            .named("driver", "file")
+            .named("node-name", &node);
+        let o = if v.readonly {
+            o.named("read-only", "on")
+        } else {
+            o
+        };
+        self.blockdevs.push(o.named("filename", v.path.display()));
+        Ok(node)
+    }
+
+    fn add_node(&mut self, v: &ResolvedVolume, node: &str) -> Result<(), ConfigError> {
+        if node.len() > MAX_NODE_NAME {
+            return Err(ConfigError::invalid(
+                &v.origin.key("name"),
+                format!("QEMU block node name {node:?} is longer than {MAX_NODE_NAME} characters; shorten the machine or volume name"),
+            ));
+        }
+        if !node.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(ConfigError::invalid(
+                &v.origin.key("name"),
+                format!("QEMU block node name {node:?} must start with a letter; rename the volume (or machine)"),
+            ));
+        }
+        if !self.nodes.insert(node.to_owned()) {
+            return Err(ConfigError::invalid(
+                &v.origin.key("name"),
+                format!("QEMU block node name {node:?} is already used by another volume"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cpu(&mut self) -> Opt {
+        let m = self.m;
+        let mut cpu = Opt::new("cpu").value(&m.qemu.cpu_model);
+        if m.cpu.threads > 1 && m.cpu.brand == Brand::Amd {
+            cpu = cpu.word("topoext=on");
+        }
+        if m.enlightenments {
+            for hv in HYPERV {
+                cpu = cpu.word(hv);
+            }
+            match m.cpu.brand {
+                Brand::Amd => cpu = cpu.word("hv-avic=on"),
+                Brand::Intel => cpu = cpu.word("hv-evmcs"),
+                Brand::Other => {}
+            }
+        }
+        cpu
+    }
+
+    fn tpm(&mut self) -> Result<(), ConfigError> {
+        let Some(tpm) = &self.m.tpm else {
+            return Ok(());
+        };
+        self.chardevs.push(
+            Opt::new("chardev")
+                .word("socket")
+                .named("id", "tpm.0.socket")
+                .named("path", tpm.socket.display()),
+        );
+        self.tpmdevs.push(
+            Opt::new("tpmdev")
+                .word("emulator")
+                .named("id", "tpm.0")
+                .named("chardev", "tpm.0.socket"),
+        );
+        self.topo
+            .add_other(Opt::new("device").word("tpm-crb").named("tpmdev", "tpm.0"))
+            .map_err(|e| topo_err(&self.m.origin, e))
+    }
+
+    fn qmp(&mut self) {
+        for (i, path) in self.m.qmp_sockets.iter().enumerate() {
+            let id = format!("qmp.{i}");
+            self.chardevs.push(
+                Opt::new("chardev")
+                    .word("socket")
+                    .named("id", &id)
+                    .named("server", "on")
+                    .named("wait", "off")
+                    .named("path", path.display()),
+            );
+            self.mons.push(
+                Opt::new("mon")
+                    .named("chardev", id)
+                    .named("mode", "control"),
+            );
+        }
+    }
+
+    fn serial_port(
+        &mut self,
+        chardev: &'static str,
+        name: &'static str,
+    ) -> Result<(), ConfigError> {
+        self.topo
+            .add_child(Controller::Serial, |id, n| {
+                Opt::new("device")
+                    .word("virtserialport")
+                    .named("id", id)
+                    .named("bus", "serial.0")
+                    .named("nr", n + 1)
+                    .named("chardev", chardev)
+                    .named("name", name)
+            })
+            .map_err(|e| topo_err(&self.m.origin, e))
+    }
+
+    fn agent(&mut self) -> Result<(), ConfigError> {
+        let Some(port) = self.m.agent_port else {
+            return Ok(());
+        };
+        self.chardevs.push(
+            Opt::new("chardev")
+                .word("socket")
+                .named("id", "guestagent")
+                .named("host", "127.0.0.1")
+                .named("port", port)
+                .named("server", "on")
+                .named("wait", "off")
+                .named("nodelay", "on"),
+        );
+        self.serial_port("guestagent", "org.qemu.guest_agent.0")
+    }
+
+    fn spice_display(&mut self) -> Result<(), ConfigError> {
+        let Some(spice) = self.m.spice else {
+            return Ok(());
+        };
+        let origin = self.m.origin.clone();
+        self.machine_params = self.machine_params.clone().named("vmport", "off");
+        // vmport comes right after type in the Go output.
+        reorder_vmport(&mut self.machine_params);
+        self.spice = Some(
+            Opt::new("spice")
+                .named("port", spice.port)
+                .named("addr", "127.0.0.1")
+                .named("disable-ticketing", "on"),
+        );
+        self.globals.push(global("qxl-vga", "ram_size", "67108864"));
+        self.globals
+            .push(global("qxl-vga", "vram_size", "67108864"));
+        for head in 0..spice.heads {
+            let id = self.topo.next_id("qxl");
+            let drv = if head == 0 { "qxl-vga" } else { "qxl" };
+            self.topo
+                .add_direct(|a| {
+                    Topology::direct_params(Opt::new("device").word(drv).named("id", id), a)
+                })
+                .map_err(|e| topo_err(&origin, e))?;
+        }
+        self.chardevs.push(
+            Opt::new("chardev")
+                .word("spicevmc")
+                .named("id", "vdagent")
+                .named("debug", 0)
+                .named("name", "vdagent"),
+        );
+        self.serial_port("vdagent", "com.redhat.spice.0")?;
+        self.topo
+            .add_child(Controller::Usb, |id, n| {
+                Opt::new("device")
+                    .word("usb-tablet")
+                    .named("id", id)
+                    .named("bus", "usb.0")
+                    .named("port", n + 1)
+            })
+            .map_err(|e| topo_err(&origin, e))?;
+        for i in 0..2 {
+            let chardev = format!("usbredir.{i}");
+            self.chardevs.push(
+                Opt::new("chardev")
+                    .word("spicevmc")
+                    .named("id", &chardev)
+                    .named("debug", 0)
+                    .named("name", "usbredir"),
+            );
+            self.topo
+                .add_child(Controller::Usb, |id, n| {
+                    Opt::new("device")
+                        .word("usb-redir")
+                        .named("id", id)
+                        .named("bus", "usb.0")
+                        .named("port", n + 1)
+                        .named("chardev", chardev)
+                })
+                .map_err(|e| topo_err(&origin, e))?;
+        }
+        Ok(())
+    }
+
+    fn next_bootindex(&mut self, v: &ResolvedVolume) -> Option<u32> {
+        v.bootable.then(|| {
+            self.bootindex += 1;
+            self.bootindex
+        })
+    }
+
+    /// The two nodes of a raw image: a file node and a raw format node.
+    fn raw_nodes(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
+        let node = format!("{}-{}", self.m.name, v.name);
+        let file = format!("{node}-file");
+        self.add_node(v, &node)?;
+        self.add_node(v, &file)?;
+        let mut f = Opt::new("blockdev")
+            .named("driver", "file")
+            .named("node-name", &file);
+        if v.readonly {
+            f = f.named("read-only", "on");
+        }
+        self.blockdevs.push(
+            f.named("discard", "unmap")
+                .named("filename", v.path.display()),
+        );
+        let mut r = Opt::new("blockdev")
+            .named("driver", "raw")
+            .named("node-name", &node);
+        if v.readonly {
+            // The Go program left the format node writable on a read-only
+            // file node, which QEMU refuses.
+            r = r.named("read-only", "on");
+        }
+        self.blockdevs.push(
+            r.named("discard", "unmap")
+                .named("detect-zeroes", "unmap")
+                .named("file", file),
+        );
+        Ok(node)
+    }
+
+    /// A read-only file node for an ISO, named after the volume.
+    fn iso_node(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
+        let node = v.name.to_string();
+        self.add_node(v, &node)?;
+        self.blockdevs.push(
+            Opt::new("blockdev")
+                .named("driver", "file")
+                .named("node-name", &node)
+                .named("read-only", "on")
+                .named("filename", v.path.display()),
+        );
+        Ok(node)
+    }
+
+    fn volume(&mut self, v: &ResolvedVolume) -> Result<(), ConfigError> {
+        let err = |e| topo_err(&v.origin, e);
+        match v.kind {
+            StorageType::Raw | StorageType::RawScsi => {
+                let node = self.raw_nodes(v)?;
+                let boot = self.next_bootindex(v);
+                let (wwn, serial) = (v.wwn, nonempty(&v.serial));
+                self.topo
+                    .add_child(Controller::Scsi, |id, n| {
+                        scsi_child("scsi-hd", id, n, &node)
+                            .named_opt("wwn", wwn)
+                            .named_opt("serial", serial)
+                            .named_opt("bootindex", boot)
+                    })
+                    .map_err(err)?;
+            }
+            StorageType::RawBlock | StorageType::VvfatBlock => {
+                let node = if v.kind == StorageType::RawBlock {
+                    self.raw_nodes(v)?
+                } else {
+                    let node = format!("{}-{}", self.m.name, v.name);
+                    self.add_node(v, &node)?;
+                    self.blockdevs.push(
+                        Opt::new("blockdev")
+                            .named("driver", "vvfat")
+                            .named("node-name", &node)
+                            .named("read-only", "on")
+                            .named("dir", v.path.display()),
+                    );
+                    node
+                };
+                let (io, _) = self.topo.iothread();
+                let id = self.topo.next_id("block");
+                let boot = self.next_bootindex(v);
+                let serial = nonempty(&v.serial);
+                self.topo
+                    .add_root(|root| {
+                        Opt::new("device")
+                            .word("virtio-blk-pci")
+                            .named("id", id)
+                            .named("bus", root)
+                            .named("iothread", io)
+                            .named("num-queues", 4)
+                            .named("drive", node)
+                            .named_opt("serial", serial)
+                            .named_opt("bootindex", boot)
+                    })
+                    .map_err(err)?;
+            }
+            StorageType::IsoAhci => {
+                if self.sata >= MAX_SATA {
+                    return Err(err(TopologyError::ControllerFull("SATA", MAX_SATA)));
+                }
+                let node = self.iso_node(v)?;
+                // One unit per AHCI port. The first CD keeps the Go
+                // program's ide.1; later ones take ide.2–ide.5, then ide.0
+                // (the Go program put every CD on ide.1, which QEMU refuses).
+                let port = (self.sata + 1) % MAX_SATA;
+                self.sata += 1;
+                let id = self.topo.next_id("sata");
+                self.topo
+                    .add_other(
+                        Opt::new("device")
+                            .word("ide-cd")
+                            .named("id", id)
+                            .named("bus", format!("ide.{port}"))
+                            .named("drive", node),
+                    )
+                    .map_err(err)?;
+            }
+            StorageType::IsoScsi => {
+                let node = self.iso_node(v)?;
+                self.topo
+                    .add_child(Controller::Scsi, |id, n| {
+                        scsi_child("scsi-cd", id, n, &node)
+                    })
+                    .map_err(err)?;
+            }
+            StorageType::IsoUsb => {
+                let node = self.iso_node(v)?;
+                self.topo
+                    .add_child(Controller::Usb, |id, n| {
+                        Opt::new("device")
+                            .word("usb-storage")
+                            .named("id", id)
+                            .named("bus", "usb.0")
+                            .named("port", n + 1)
+                            .named("drive", node)
+                    })
+                    .map_err(err)?;
+            }
+            StorageType::Firmware => {
+                self.firmware_node(v)?;
+            }
+            StorageType::TpmData => {}
+        }
+        Ok(())
+    }
+
+    fn connections(&mut self) -> Result<(), ConfigError> {
+        let mut fd = FIRST_FD;
+        for (i, c) in self.m.connections.iter().enumerate() {
+            let mut fds = Vec::new();
+            let mut vhost_fds = Vec::new();
+            for _ in 0..c.queues {
+                fds.push(fd);
+                fd += 1;
+                if self.m.qemu.vhost {
+                    vhost_fds.push(fd);
+                    fd += 1;
+                }
+            }
+            let id = format!("net.{i}");
+            let join = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(":");
+            let mut nd = Opt::new("netdev").word("tap").named("id", &id);
+            nd = if c.queues == 1 {
+                nd.named("fd", fds[0])
+            } else {
+                nd.named("fds", join(&fds))
+            };
+            if self.m.qemu.vhost {
+                nd = nd.named("vhost", "on");
+                nd = if c.queues == 1 {
+                    nd.named("vhostfd", vhost_fds[0])
+                } else {
+                    nd.named("vhostfds", join(&vhost_fds))
+                };
+            }
+            self.netdevs.push(nd);
+            let (mac, queues, rom) = (c.mac.clone(), c.queues, self.m.qemu.nic_option_rom);
+            self.topo
+                .add_root(|root| {
+                    let mut d = Opt::new("device")
+                        .word("virtio-net-pci")
+                        .named("bus", root)
+                        .named("mac", mac)
+                        .named("netdev", id);
+                    if queues > 1 {
+                        d = d.named("mq", "on").named("vectors", 2 * queues + 2);
+                    }
+                    if !rom {
+                        d = d.named("romfile", "");
+                    }
+                    d
+                })
+                .map_err(|e| topo_err(&c.origin, e))?;
+            self.taps.push(TapFds { fds, vhost_fds });
+        }
+        Ok(())
+    }
+
+    fn devices(&mut self) -> Result<(), ConfigError> {
+        for d in &self.m.devices {
+            let id = self.topo.next_id("vfio");
+            let sysfsdev = format!("/sys/bus/mdev/devices/{}", d.uuid);
+            self.topo
+                .add_root(|root| {
+                    Opt::new("device")
+                        .word("vfio-pci")
+                        .named("id", id)
+                        .named("bus", root)
+                        .named("sysfsdev", sysfsdev)
+                })
+                .map_err(|e| topo_err(&d.origin, e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, cpu: Opt) -> Hardware {
+        let m = self.m;
+        let mut o = Vec::new();
+        if !m.id.is_nil() {
+            o.push(Opt::new("uuid").value(m.id.to_string()));
+        }
+        o.push(Opt::new("name").value(m.name.to_string()));
+        match m.qemu.accelerator {
+            Accelerator::Kvm => o.push(Opt::flag("enable-kvm")),
+            Accelerator::Tcg => o.push(Opt::new("accel").word("tcg")),
+        }
+        o.push(Opt::flag("nodefaults"));
+        o.push(Opt::flag("nographic"));
+        o.push(self.machine_params);
+        o.push(cpu);
+        let c = &m.cpu;
+        if c.sockets > 0 || c.cores > 0 || c.threads > 0 {
+            let nz = |v: u32| (v > 0).then_some(v);
+            o.push(
+                Opt::new("smp")
+                    .named_opt("sockets", nz(c.sockets))
+                    .named_opt("cores", nz(c.cores))
+                    .named_opt("threads", nz(c.threads)),
+            );
+        }
+        o.push(Opt::new("m").named("size", format!("{}M", m.ram_mib)));
+        o.push(
+            Opt::new("rtc")
+                .named("base", "utc")
+                .named("clock", "host")
+                .named("driftfix", "slew"),
+        );
+        o.extend(self.mons);
+        o.extend(self.spice);
+        o.extend(self.globals);
+        o.push(
+            Opt::new("boot")
+                .named("menu", "on")
+                .named("reboot-timeout", 5000),
+        );
+        if self.topo.has_iothread() {
+            o.push(
+                Opt::new("object")
+                    .word("iothread")
+                    .named("id", "iothread.0"),
+            );
+        }
+        o.extend(self.blockdevs);
+        o.extend(self.chardevs);
+        o.extend(self.tpmdevs);
+        o.extend(self.netdevs);
+        o.extend(self.topo.devices());
+        o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
+        Hardware {
+            options: o,
+            taps: self.taps,
+        }
+    }
+}
+
+fn reorder_vmport(machine: &mut Opt) {
+    use super::options::Param;
+    if let Some(i) = machine
+        .params
+        .iter()
+        .position(|p| matches!(p, Param::Named("vmport", _)))
+    {
+        let p = machine.params.remove(i);
+        machine.params.insert(1, p);
+    }
+}
+
+fn global(driver: &'static str, property: &'static str, value: &'static str) -> Opt {
+    Opt::new("global")
+        .named("driver", driver)
+        .named("property", property)
+        .named("value", value)
+}
+
+fn scsi_child(driver: &'static str, id: &str, n: usize, node: &str) -> Opt {
+    Opt::new("device")
+        .word(driver)
+        .named("id", id)
+        .named("bus", "scsi.0")
+        .named("channel", 0)
+        .named("scsi-id", 0)
+        .named("lun", n)
+        .named("drive", node)
+}
+
+fn nonempty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
