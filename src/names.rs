@@ -27,13 +27,15 @@ pub enum NameError {
         /// What kind of name it was.
         kind: &'static str,
     },
-    /// The name is longer than [`MAX_NAME_LEN`].
-    #[error("{kind} name {name:?} is longer than {MAX_NAME_LEN} bytes")]
+    /// The name is longer than allowed.
+    #[error("{kind} name {name:?} is longer than {max} bytes")]
     TooLong {
         /// What kind of name it was.
         kind: &'static str,
         /// The offending name.
         name: String,
+        /// The limit.
+        max: usize,
     },
     /// The name contains a character outside the allowed set.
     #[error("{kind} name {name:?} contains {ch:?}; use only letters, digits, '-', '_' and '.', starting with a letter or digit")]
@@ -56,6 +58,7 @@ pub fn check_name(kind: &'static str, s: &str) -> Result<(), NameError> {
         return Err(NameError::TooLong {
             kind,
             name: s.to_owned(),
+            max: MAX_NAME_LEN,
         });
     }
     for (i, ch) in s.chars().enumerate() {
@@ -201,6 +204,7 @@ impl InterfaceName {
             return Err(NameError::TooLong {
                 kind: "interface",
                 name: s,
+                max: Self::MAX_LEN,
             });
         }
         if s == "." || s == ".." {

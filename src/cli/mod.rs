@@ -124,7 +124,19 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("machina: {e}");
+            // One line per problem, whatever a message quoted.
+            let line: String = e
+                .to_string()
+                .chars()
+                .flat_map(|c| {
+                    if c.is_control() {
+                        c.escape_default().collect::<Vec<_>>()
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
+            eprintln!("machina: {line}");
             EXIT_FAILURE
         }
     }

@@ -46,7 +46,7 @@ pub fn build(
         if json_name != name.as_str() {
             return Err(ConfigError::invalid(
                 &morigin.key("name"),
-                format!("name {json_name:?} differs from the file name {name:?}; rename the file to {json_name}.conf.json or remove the key"),
+                format!("name {json_name:?} differs from the file name {:?}; rename the file or remove the key", name.as_str()),
             ));
         }
     }
@@ -61,7 +61,8 @@ pub fn build(
             ConfigError::invalid(
                 &morigin.key("tags").index(i),
                 format!(
-                    "tag {tag:?} is not defined in the host file{}",
+                    "tag {:?} is not defined in the host file{}",
+                    tag.as_str(),
                     suggest_tag(host.file, tag)
                 ),
             )
