@@ -713,12 +713,6 @@ fn resolve_volume(
             "a SCSI disk serial is at most 36 characters",
         ));
     }
-    if pool.kind == StorageType::RawBlock && serial.len() > 20 {
-        return Err(ConfigError::invalid(
-            &origin.key("serial"),
-            "a virtio-blk serial is at most 20 characters",
-        ));
-    }
     Ok(ResolvedVolume {
         name,
         pool: pool_name,
