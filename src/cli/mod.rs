@@ -167,18 +167,26 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Cat { json, machines } => cat(&dir, &machines, json, &mut out)?,
         Command::List { json } => list(&dir, json, &mut out)?,
         Command::Args { machines } => {
-            let (_, machines) = load_all(&dir, &machines)?;
-            let many = machines.len() > 1;
-            for (i, m) in machines.iter().enumerate() {
-                let hw = qemu::build(m)?;
+            // Everything is built before anything is printed, so an error
+            // leaves no partial output; only the lines are kept.
+            let host = dir.load_host()?;
+            let mut lines = Vec::with_capacity(machines.len());
+            for name in machine_names(&machines)? {
+                let m = config::load_machine(&dir, &host, &name)?;
+                lines.push((name, qemu::options_line(&qemu::build(&m)?.options)));
+            }
+            let mut out = std::io::BufWriter::new(out);
+            let many = lines.len() > 1;
+            for (i, (name, line)) in lines.iter().enumerate() {
                 if i > 0 {
                     writeln!(out)?;
                 }
                 if many {
-                    writeln!(out, "----{}----", m.name)?;
+                    writeln!(out, "----{name}----")?;
                 }
-                writeln!(out, "{}", qemu::argv_line(&hw.argv()))?;
+                writeln!(out, "{line}")?;
             }
+            out.flush()?;
         }
         Command::Generate {
             preview,

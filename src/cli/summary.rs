@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::model::{Machine, ResolvedVolume};
 use crate::config::schema::{HostFile, Volume};
+use crate::identity;
 
 /// Two-space indented lines, starting at level 1, no trailing newline.
 struct Summary {
@@ -125,7 +126,7 @@ pub fn machine_text(m: &Machine, vm_id: Option<u32>) -> String {
     if !m.volumes.is_empty() {
         s.line(1, "Volumes:");
         for v in &m.volumes {
-            s.line(2, volume_line(v));
+            s.line(2, volume_line(m, v));
         }
     }
     if !m.connections.is_empty() {
@@ -146,14 +147,24 @@ pub fn machine_text(m: &Machine, vm_id: Option<u32>) -> String {
     s.out
 }
 
-fn volume_line(v: &ResolvedVolume) -> String {
-    let mut extra = Vec::new();
-    if let Some(w) = v.wwn {
-        extra.push(format!("wwn: {w}"));
-    }
-    if !v.serial.is_empty() {
-        extra.push(format!("serial: {}", v.serial));
-    }
+/// A volume's WWN and serial as the Go program shows them: configured, or
+/// derived for every named volume (generation derives them only where a
+/// device carries them).
+fn shown_ids(m: &Machine, v: &ResolvedVolume) -> (String, String) {
+    let wwn = v
+        .wwn
+        .unwrap_or_else(|| identity::volume_wwn(&m.id, m.name.as_str(), v.name.as_str()));
+    let serial = if v.serial.is_empty() {
+        identity::volume_serial(&m.id, m.name.as_str(), v.name.as_str())
+    } else {
+        v.serial.clone()
+    };
+    (wwn.to_string(), serial)
+}
+
+fn volume_line(m: &Machine, v: &ResolvedVolume) -> String {
+    let (wwn, serial) = shown_ids(m, v);
+    let mut extra = vec![format!("wwn: {wwn}"), format!("serial: {serial}")];
     if v.bootable {
         extra.push("bootable".to_owned());
     }
@@ -253,8 +264,8 @@ struct VolumeJson<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     path: String,
-    wwn: Option<String>,
-    serial: &'a str,
+    wwn: String,
+    serial: String,
     bootable: bool,
 }
 
@@ -305,14 +316,17 @@ pub fn machine_json(m: &Machine, vm_id: Option<u32>) -> MachineJson<'_> {
         volumes: m
             .volumes
             .iter()
-            .map(|v| VolumeJson {
-                name: v.name.as_str(),
-                storage: v.pool.as_str(),
-                kind: v.kind.as_str(),
-                path: v.path.display().to_string(),
-                wwn: v.wwn.map(|w| w.to_string()),
-                serial: &v.serial,
-                bootable: v.bootable,
+            .map(|v| {
+                let (wwn, serial) = shown_ids(m, v);
+                VolumeJson {
+                    name: v.name.as_str(),
+                    storage: v.pool.as_str(),
+                    kind: v.kind.as_str(),
+                    path: v.path.display().to_string(),
+                    wwn,
+                    serial,
+                    bootable: v.bootable,
+                }
             })
             .collect(),
         connections: m

@@ -80,7 +80,7 @@ pub fn build(
     let group = resolve_group(host, name, &defs)?;
 
     let description = file.description.clone();
-    check_text(&morigin.key("description"), &description)?;
+    check_text(|| morigin.key("description"), &description)?;
 
     let ctx = Ctx {
         host,
@@ -335,7 +335,7 @@ fn resolve_qemu(host: &Host<'_>) -> Result<QemuHost, ConfigError> {
             format!("{:?} is not an absolute path", q.binary),
         ));
     }
-    check_text(&origin.key("binary"), &q.binary)?;
+    check_text(|| origin.key("binary"), &q.binary)?;
     let model_ok = !q.cpu_model.is_empty()
         && q.cpu_model
             .chars()
@@ -567,7 +567,7 @@ fn ctx_origin(defs: &[Def<'_>]) -> Origin {
 }
 
 fn check_socket_path(origin: &Origin, p: &str) -> Result<PathBuf, ConfigError> {
-    check_text(origin, p)?;
+    check_text(|| origin.clone(), p)?;
     let path = PathBuf::from(p);
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
         return Err(ConfigError::invalid(
@@ -595,21 +595,27 @@ fn resolve_port(
     pattern: &str,
     get: PortField,
 ) -> Result<u16, ConfigError> {
-    let (value, origin) = if port != 0 {
-        let o = field_origin(defs, &format!("{key}.port"), |d| get(d).0 != 0);
-        (i64::from(port), o)
+    // Origins are only worked out for an error message.
+    let fixed = port != 0;
+    let origin = || {
+        if fixed {
+            field_origin(defs, &format!("{key}.port"), |d| get(d).0 != 0)
+        } else {
+            field_origin(defs, &format!("{key}.port-pattern"), |d| {
+                !get(d).1.is_empty()
+            })
+        }
+    };
+    let value = if fixed {
+        i64::from(port)
     } else {
-        let o = field_origin(defs, &format!("{key}.port-pattern"), |d| {
-            !get(d).1.is_empty()
-        });
         let lookup = |k: &str| ctx.vars.get(k).map(String::as_str);
-        let v = port_from_pattern(pattern, lookup)
-            .map_err(|e| ConfigError::invalid(&o, e.to_string()))?;
-        (v, o)
+        port_from_pattern(pattern, lookup)
+            .map_err(|e| ConfigError::invalid(&origin(), e.to_string()))?
     };
     if !(MIN_PORT..=65535).contains(&value) {
         return Err(ConfigError::invalid(
-            &origin,
+            &origin(),
             format!("port {value} is outside {MIN_PORT}–65535 (QEMU runs unprivileged)"),
         ));
     }
@@ -618,10 +624,10 @@ fn resolve_port(
 
 /// Rejects control characters (newlines in particular) in text that reaches
 /// QEMU options or unit files.
-fn check_text(origin: &Origin, s: &str) -> Result<(), ConfigError> {
+fn check_text(origin: impl FnOnce() -> Origin, s: &str) -> Result<(), ConfigError> {
     if let Some(c) = s.chars().find(|c| c.is_control()) {
         return Err(ConfigError::invalid(
-            origin,
+            &origin(),
             format!("contains the control character {c:?}"),
         ));
     }
@@ -651,12 +657,12 @@ fn resolve_volume(
             ),
         )
     })?;
-    let porigin = Origin::new(ctx.host.path, format!("storage.{pool_name}"));
-    check_text(&porigin.key("path"), &pool.path)?;
+    let porigin = || Origin::new(ctx.host.path, format!("storage.{pool_name}"));
+    check_text(|| porigin().key("path"), &pool.path)?;
     let base = PathBuf::from(&pool.path);
     if !base.is_absolute() {
         return Err(ConfigError::invalid(
-            &porigin.key("path"),
+            &porigin().key("path"),
             format!("{:?} is not an absolute path", pool.path),
         ));
     }
@@ -675,7 +681,7 @@ fn resolve_volume(
         };
         expand(&pool.pattern, lookup)
     };
-    check_text(&porigin.key("pattern"), &file_name)?;
+    check_text(|| porigin().key("pattern"), &file_name)?;
     let base = clean(&base);
     let path = clean(&base.join(&file_name));
     if !path.starts_with(&base) || path == base {
@@ -694,15 +700,23 @@ fn resolve_volume(
         .map_err(|e| ConfigError::invalid(&origin.key("wwn"), e.to_string()))?
     {
         Some(w) => Some(w),
-        None if populate => Some(identity::volume_wwn(
-            &ctx.id,
-            ctx.name.as_str(),
-            name.as_str(),
-        )),
+        // Derived only where a device carries it (SCSI disks); `cat`
+        // derives the rest for display, which keeps generation cheap.
+        None if populate && matches!(pool.kind, StorageType::Raw | StorageType::RawScsi) => Some(
+            identity::volume_wwn(&ctx.id, ctx.name.as_str(), name.as_str()),
+        ),
         None => None,
     };
-    check_text(&origin.key("serial"), &v.serial)?;
-    let serial = if v.serial.is_empty() && populate {
+    check_text(|| origin.key("serial"), &v.serial)?;
+    let serial = if v.serial.is_empty()
+        && populate
+        && matches!(
+            pool.kind,
+            StorageType::Raw
+                | StorageType::RawScsi
+                | StorageType::RawBlock
+                | StorageType::VvfatBlock
+        ) {
         identity::volume_serial(&ctx.id, ctx.name.as_str(), name.as_str())
     } else {
         v.serial.clone()
@@ -771,7 +785,7 @@ fn resolve_connection(
             e.to_string(),
         )
     })?;
-    check_text(&origin.key("ip"), &c.ip)?;
+    check_text(|| origin.key("ip"), &c.ip)?;
     let mac = if c.mac.is_empty() {
         identity::connection_mac(&ctx.id, ctx.name.as_str(), name.as_str())
     } else {
@@ -926,7 +940,7 @@ fn mdev_parent(
     if type_name.is_empty() {
         return Err(ConfigError::invalid(&origin, "the mdev type name is empty"));
     }
-    check_text(&origin, type_name)?;
+    check_text(|| origin.clone(), type_name)?;
     Ok(MdevParent {
         address: address.to_owned(),
         type_name: type_name.to_owned(),

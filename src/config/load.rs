@@ -126,6 +126,11 @@ fn read_limited(path: &Path) -> std::io::Result<String> {
 /// Parses JSON text as `T`, turning any error into one line with the file,
 /// line, column, JSON path and a suggestion for unknown keys.
 pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    // Fast path: plain serde_json. Only a failing document is parsed again
+    // with path tracking, which costs about as much as the parse itself.
+    if let Ok(v) = serde_json::from_str(text) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

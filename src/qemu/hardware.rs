@@ -636,7 +636,7 @@ impl<'m> Builder<'m> {
         o.extend(self.chardevs);
         o.extend(self.tpmdevs);
         o.extend(self.netdevs);
-        o.extend(self.topo.devices());
+        o.extend(self.topo.into_devices());
         o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
         Hardware {
             options: o,
@@ -664,7 +664,7 @@ fn global(driver: &'static str, property: &'static str, value: &'static str) -> 
         .named("value", value)
 }
 
-fn scsi_child(driver: &'static str, id: &str, n: usize, node: &str) -> Opt {
+fn scsi_child(driver: &'static str, id: String, n: usize, node: &String) -> Opt {
     Opt::new("device")
         .word(driver)
         .named("id", id)
@@ -675,6 +675,6 @@ fn scsi_child(driver: &'static str, id: &str, n: usize, node: &str) -> Opt {
         .named("drive", node)
 }
 
-fn nonempty(s: &str) -> Option<&str> {
+fn nonempty(s: &String) -> Option<&String> {
     (!s.is_empty()).then_some(s)
 }

@@ -6,4 +6,4 @@ pub mod options;
 pub mod topology;
 
 pub use hardware::{build, Hardware, TapFds, FIRST_FD, SANDBOX};
-pub use options::{argv_line, to_argv, Opt};
+pub use options::{argv_line, options_line, to_argv, Opt};

@@ -6,7 +6,7 @@
 //! written twice. (The Go program left values raw, so a comma in a serial or
 //! a file name injected extra properties.)
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 
 /// One parameter of an option.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,10 +15,58 @@ pub enum Param {
     /// positional of `-cpu`).
     Word(&'static str),
     /// A value-only parameter taken from data (`-name <x>`, `-cpu <model>`).
-    Value(String),
+    Value(Cow<'static, str>),
     /// `name=value`.
-    Named(&'static str, String),
+    Named(&'static str, Cow<'static, str>),
 }
+
+/// A value a parameter can take. Fixed strings are borrowed, so building
+/// the hardware of 10,000 machines allocates only for data.
+pub trait ParamValue {
+    /// The value as text.
+    fn into_value(self) -> Cow<'static, str>;
+}
+
+impl ParamValue for &'static str {
+    fn into_value(self) -> Cow<'static, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl ParamValue for String {
+    fn into_value(self) -> Cow<'static, str> {
+        Cow::Owned(self)
+    }
+}
+
+impl ParamValue for &String {
+    fn into_value(self) -> Cow<'static, str> {
+        Cow::Owned(self.clone())
+    }
+}
+
+impl ParamValue for std::path::Display<'_> {
+    fn into_value(self) -> Cow<'static, str> {
+        Cow::Owned(self.to_string())
+    }
+}
+
+impl ParamValue for crate::identity::Wwn {
+    fn into_value(self) -> Cow<'static, str> {
+        Cow::Owned(self.to_string())
+    }
+}
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl ParamValue for $t {
+            fn into_value(self) -> Cow<'static, str> {
+                Cow::Owned(self.to_string())
+            }
+        }
+    )*};
+}
+int_value!(u16, u32, u64, usize, i32);
 
 /// A QEMU option: `-<kind> <p1>,<p2>,…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,19 +98,19 @@ impl Opt {
     }
 
     /// Appends a value-only parameter.
-    pub fn value(mut self, v: impl Into<String>) -> Opt {
-        self.params.push(Param::Value(v.into()));
+    pub fn value(mut self, v: impl ParamValue) -> Opt {
+        self.params.push(Param::Value(v.into_value()));
         self
     }
 
     /// Appends `name=value`.
-    pub fn named(mut self, name: &'static str, v: impl ToString) -> Opt {
-        self.params.push(Param::Named(name, v.to_string()));
+    pub fn named(mut self, name: &'static str, v: impl ParamValue) -> Opt {
+        self.params.push(Param::Named(name, v.into_value()));
         self
     }
 
     /// Appends `name=value` when `v` is `Some`.
-    pub fn named_opt(self, name: &'static str, v: Option<impl ToString>) -> Opt {
+    pub fn named_opt(self, name: &'static str, v: Option<impl ParamValue>) -> Opt {
         match v {
             Some(v) => self.named(name, v),
             None => self,
@@ -80,31 +128,68 @@ impl Opt {
             return None;
         }
         let mut s = String::new();
+        self.write_params(&mut s);
+        Some(s)
+    }
+
+    /// Appends the parameter string to `s`.
+    fn write_params(&self, s: &mut String) {
+        let len: usize = self
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Word(w) => w.len() + 1,
+                Param::Value(v) => v.len() + 1,
+                Param::Named(n, v) => n.len() + v.len() + 2,
+            })
+            .sum();
+        s.reserve(len);
         for (i, p) in self.params.iter().enumerate() {
             if i > 0 {
                 s.push(',');
             }
             match p {
                 Param::Word(w) => s.push_str(w),
-                Param::Value(v) => push_escaped(&mut s, v),
+                Param::Value(v) => push_escaped(s, v),
                 Param::Named(n, v) => {
-                    let _ = write!(s, "{n}=");
-                    push_escaped(&mut s, v);
+                    s.push_str(n);
+                    s.push('=');
+                    push_escaped(s, v);
                 }
             }
         }
-        Some(s)
     }
 }
 
 /// Doubles every comma, QEMU's escape for a literal comma in a value.
 fn push_escaped(out: &mut String, v: &str) {
-    for c in v.chars() {
-        if c == ',' {
-            out.push(',');
-        }
-        out.push(c);
+    let mut parts = v.split(',');
+    out.push_str(parts.next().unwrap_or(""));
+    for part in parts {
+        out.push_str(",,");
+        out.push_str(part);
     }
+}
+
+/// Renders options as the one line `machina args` prints (see
+/// [`argv_line`]), without building the argv first.
+pub fn options_line(opts: &[Opt]) -> String {
+    let mut line = String::with_capacity(opts.len() * 48);
+    let mut scratch = String::with_capacity(256);
+    for (i, o) in opts.iter().enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        line.push('-');
+        line.push_str(o.kind);
+        if !o.params.is_empty() {
+            scratch.clear();
+            o.write_params(&mut scratch);
+            line.push(' ');
+            line.push_str(&shell_quote(&scratch));
+        }
+    }
+    line
 }
 
 /// Renders options as an argv (after argv[0]).
@@ -124,7 +209,7 @@ pub fn to_argv(opts: &[Opt]) -> Vec<String> {
 /// holds a character outside a safe set (never the case for the Go
 /// program's outputs, which it printed unquoted).
 pub fn argv_line(argv: &[String]) -> String {
-    let mut line = String::new();
+    let mut line = String::with_capacity(argv.iter().map(|a| a.len() + 1).sum());
     for (i, a) in argv.iter().enumerate() {
         if i > 0 {
             line.push(' ');
@@ -134,15 +219,29 @@ pub fn argv_line(argv: &[String]) -> String {
     line
 }
 
+/// Bytes that need no shell quoting (a table: this runs over every byte of
+/// every argv `machina args` prints).
+const SHELL_SAFE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_' | b'=' | b',' | b'.' | b'/' | b':' | b'@' | b'%' | b'+'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// Quotes `s` for a POSIX shell when needed.
-pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=,./:@%+".contains(&b));
-    if safe {
-        s.to_owned()
+pub fn shell_quote(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.is_empty() && s.bytes().all(|b| SHELL_SAFE[usize::from(b)]) {
+        s.into()
     } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+        format!("'{}'", s.replace('\'', r"'\''")).into()
     }
 }
 

@@ -166,11 +166,11 @@ impl Topology {
     }
 
     /// Adds a root port with one device; `make` receives the root port id.
-    pub fn add_root(&mut self, make: impl FnOnce(&str) -> Opt) -> Result<(), TopologyError> {
+    pub fn add_root(&mut self, make: impl FnOnce(String) -> Opt) -> Result<(), TopologyError> {
         let index = self.next_index;
         let a = self.take_index()?;
         let (port, id) = Topology::root_port(a, index);
-        let child = make(&id);
+        let child = make(id);
         self.items.push(Item::Root { port, child });
         Ok(())
     }
@@ -198,7 +198,7 @@ impl Topology {
     pub fn add_child(
         &mut self,
         kind: Controller,
-        make: impl FnOnce(&str, usize) -> Opt,
+        make: impl FnOnce(String, usize) -> Opt,
     ) -> Result<(), TopologyError> {
         let pos = self
             .items
@@ -249,7 +249,7 @@ impl Topology {
             Controller::Usb => format!("usb.0.{}", n + 1),
             _ => format!("{}.0.{n}", kind.prefix()),
         };
-        children.push(make(&id, n));
+        children.push(make(id, n));
         Ok(())
     }
 
@@ -259,14 +259,14 @@ impl Topology {
     }
 
     /// The `-device` options in walk order.
-    pub fn devices(&self) -> Vec<Opt> {
-        let mut out = Vec::new();
-        for item in &self.items {
+    pub fn into_devices(self) -> Vec<Opt> {
+        let mut out = Vec::with_capacity(self.items.len() * 2);
+        for item in self.items {
             match item {
-                Item::Direct(o) | Item::Other(o) => out.push(o.clone()),
+                Item::Direct(o) | Item::Other(o) => out.push(o),
                 Item::Root { port, child } => {
-                    out.push(port.clone());
-                    out.push(child.clone());
+                    out.push(port);
+                    out.push(child);
                 }
                 Item::Controller {
                     port,
@@ -274,14 +274,14 @@ impl Topology {
                     controller,
                     children,
                 } => {
-                    out.push(port.clone());
-                    let mut c = controller.clone();
-                    if *kind == Controller::Usb {
+                    out.push(port);
+                    let mut c = controller;
+                    if kind == Controller::Usb {
                         let p = children.len().max(4);
                         c = c.named("p2", p).named("p3", p);
                     }
                     out.push(c);
-                    out.extend(children.iter().cloned());
+                    out.extend(children);
                 }
             }
         }
@@ -293,8 +293,8 @@ impl Topology {
 mod tests {
     use super::*;
 
-    fn ids(t: &Topology) -> Vec<String> {
-        t.devices()
+    fn ids(t: Topology) -> Vec<String> {
+        t.into_devices()
             .iter()
             .map(|o| o.param_string().unwrap())
             .collect()
@@ -307,7 +307,7 @@ mod tests {
             t.add_root(|root| Opt::new("device").word("virtio-net-pci").named("bus", root))
                 .unwrap();
         }
-        let d = ids(&t);
+        let d = ids(t);
         assert_eq!(
             d[0],
             "ioh3420,id=pcie.1.0,chassis=0,bus=pcie.0,addr=1.0,multifunction=on"
@@ -330,7 +330,7 @@ mod tests {
             t.add_root(|r| Opt::new("device").named("bus", r)),
             Err(TopologyError::RootFull)
         );
-        assert!(ids(&t).iter().all(|d| !d.contains("addr=32.")));
+        assert!(ids(t).iter().all(|d| !d.contains("addr=32.")));
     }
 
     #[test]
@@ -341,7 +341,7 @@ mod tests {
         }
         t.add_other(Opt::new("device").word("ide-cd")).unwrap();
         t.add_root(|r| Opt::new("device").named("bus", r)).unwrap();
-        assert!(ids(&t)
+        assert!(ids(t)
             .iter()
             .any(|d| d.contains("id=pcie.2.0,") && d.contains("multifunction=on")));
     }
@@ -357,6 +357,6 @@ mod tests {
             t.add_child(Controller::Usb, |id, _| Opt::new("device").named("id", id)),
             Err(TopologyError::ControllerFull("USB", MAX_USB))
         );
-        assert!(ids(&t)[1].ends_with("p2=15,p3=15"));
+        assert!(ids(t)[1].ends_with("p2=15,p3=15"));
     }
 }
