@@ -114,6 +114,12 @@ impl From<std::io::Error> for CliError {
 
 /// Entry point of the `machina` binary; returns the exit code.
 pub fn main() -> i32 {
+    // Die quietly on a closed pipe (`machina args vm | head`), as Unix
+    // tools do, instead of reporting EPIPE as a failure.
+    // SAFETY: setting a signal disposition to the default at startup.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -114,6 +114,9 @@ pub enum IdError {
 #[derive(Debug, Default)]
 pub struct TakenIds {
     ids: HashSet<u32>,
+    /// Also ask the system's user and group databases (NSS: LDAP, sssd, …)
+    /// — only when generating for this host.
+    nss: bool,
     /// Plans found, by machine name: (uuid, uid).
     plans: std::collections::HashMap<String, (uuid::Uuid, u32)>,
 }
@@ -122,7 +125,10 @@ impl TakenIds {
     /// Reads the account databases under `etc` and the plans in `plan_dir`.
     /// Missing files are fine (an empty target tree).
     pub fn scan(etc: &Path, plan_dir: &Path) -> TakenIds {
-        let mut t = TakenIds::default();
+        let mut t = TakenIds {
+            nss: etc == Path::new("/etc"),
+            ..TakenIds::default()
+        };
         for db in ["passwd", "group"] {
             if let Ok(text) = std::fs::read_to_string(etc.join(db)) {
                 for line in text.lines() {
