@@ -173,8 +173,14 @@ impl TakenIds {
             .filter(|(name, _)| name.as_str() != m.name.as_str())
             .map(|(_, (_, uid))| *uid)
             .collect();
+        let nss_taken = |id: u32| {
+            use nix::unistd::{Gid, Group, Uid, User};
+            self.nss
+                && (matches!(User::from_uid(Uid::from_raw(id)), Ok(Some(_)))
+                    || matches!(Group::from_gid(Gid::from_raw(id)), Ok(Some(_))))
+        };
         derive_vm_id(&m.id, m.name.as_str(), m.group.range, |c| {
-            self.ids.contains(&c) || others.contains(&c)
+            self.ids.contains(&c) || others.contains(&c) || nss_taken(c)
         })
         .ok_or_else(|| IdError::Exhausted {
             machine: m.name.to_string(),
