@@ -73,11 +73,16 @@ pub fn main() -> i32 {
     ensure_stdio();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (label, path, expect) = match args.as_slice() {
-        [flag, file] if flag == "--plan" => (
-            file.to_string_lossy().into_owned(),
-            PathBuf::from(file),
-            None,
-        ),
+        [flag, file] if flag == "--plan" => {
+            // Until the plan is read, its file stem names the VM (plans are
+            // `<vm>.json`); failing that, the path does.
+            let path = PathBuf::from(file);
+            let label = path
+                .file_stem()
+                .and_then(|s| MachineName::new(s.to_string_lossy().into_owned()).ok())
+                .map_or_else(|| file.to_string_lossy().into_owned(), |n| n.to_string());
+            (label, path, None)
+        }
         [one] if one == "--help" || one == "-h" => {
             println!("{USAGE}");
             return 0;
@@ -247,7 +252,7 @@ fn launch_steps(
     }
     let mut grants = Vec::with_capacity(plan.grants.len());
     for g in &plan.grants {
-        grants.push(grant::prepare(g, plan.gid).step(format_args!("grant {}", g.path.display()))?);
+        grants.push(grant::prepare(g, plan.gid).step("grant")?);
     }
     let kvm_gid = kvm::kvm_group().step("kvm")?;
     privdrop::check_binary(&plan.qemu.binary, plan.uid, &[plan.gid, kvm_gid]).step("qemu")?;

@@ -50,7 +50,15 @@ pub fn openat_nofollow(dirfd: RawFd, path: &Path, flags: i32, mode: u32) -> Resu
         };
         if fd >= 0 {
             // SAFETY: a new fd we own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            // O_PATH|O_NOFOLLOW opens a trailing symlink itself: refuse it
+            // here as any other open would.
+            if flags & libc::O_PATH != 0
+                && fstat(&fd, path)?.st_mode & libc::S_IFMT == libc::S_IFLNK
+            {
+                return Err(Error::Symlink(path.to_owned()));
+            }
+            return Ok(fd);
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {

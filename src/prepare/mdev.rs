@@ -185,8 +185,7 @@ fn create(m: &plan::Mdev, pci: &Path, dev: &Path) -> Result<()> {
         return Ok(());
     }
     Err(Error::Mdev(format!(
-        "no parent device can create mediated device {} ({})",
-        m.uuid,
+        "no listed parent device can create it ({})",
         if tried.is_empty() {
             "the plan lists no parent".to_owned()
         } else {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a path failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{path}: {op}: {source}", path = path.display())]
     Io {
         /// What was being done (`open`, `chown`, …).
         op: &'static str,

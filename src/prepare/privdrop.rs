@@ -25,7 +25,15 @@ pub fn set_memlock(bytes: u64) -> Result<()> {
     };
     // SAFETY: setrlimit reads lim.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        return Err(Error::last_sys("set RLIMIT_MEMLOCK"));
+        let err = std::io::Error::last_os_error();
+        let hint = if err.raw_os_error() == Some(libc::EPERM) {
+            " (raising it needs CAP_SYS_RESOURCE in the unit's capabilities)"
+        } else {
+            ""
+        };
+        return Err(Error::Refused(format!(
+            "set RLIMIT_MEMLOCK to {bytes} bytes: {err}{hint}"
+        )));
     }
     Ok(())
 }

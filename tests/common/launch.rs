@@ -291,9 +291,12 @@ pub fn proc_status(pid: i32) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Owner, group, mode and ACL (`getfacl` output).
+pub type FileState = (u32, u32, u32, Option<String>);
+
 /// Owner, group, mode and ACL of a path (not following a final symlink),
 /// or `None` if absent.
-pub fn file_state(p: &Path) -> Option<(u32, u32, u32, Option<String>)> {
+pub fn file_state(p: &Path) -> Option<FileState> {
     let m = std::fs::symlink_metadata(p).ok()?;
     let acl = Command::new("getfacl")
         .args(["-cpn", "--"])
@@ -343,4 +346,195 @@ pub fn as_uid(id: u32, f: impl FnOnce() -> bool) -> bool {
     let mut st = 0;
     unsafe { libc::waitpid(pid, &mut st, 0) };
     libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0
+}
+
+/// A fake host tree `<dir>/sys` + `<dir>/dev` whose
+/// `mdev_supported_types/<type>/create` and `<mdev>/remove` behave like the
+/// kernel's: each is a FIFO served by a thread. Writing a UUID to `create`
+/// makes the device directory (with `remove`, an `iommu_group` link and a
+/// character node `dev/vfio/<group>`), then links it from the type's
+/// `devices/` and from `bus/mdev/devices/` (last, as the kernel's
+/// registration is what makes it visible). Writing `1` to `remove` undoes
+/// all that. Unlike the kernel, the device appears just after the write
+/// returns rather than before, which the launcher's brief poll absorbs.
+pub struct FakeSysfs {
+    /// The fake root (holds `sys/` and `dev/`).
+    pub dir: PathBuf,
+    served: Served,
+}
+
+fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo of a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {p:?}"
+    );
+}
+
+type Served = std::sync::Arc<std::sync::Mutex<Vec<(PathBuf, std::thread::JoinHandle<()>)>>>;
+
+/// Serves FIFO `fifo`: calls `f` with each message until `f` returns false
+/// or `stop` arrives.
+fn serve(served: &Served, fifo: PathBuf, mut f: impl FnMut(&str) -> bool + Send + 'static) {
+    let p = fifo.clone();
+    let h = std::thread::spawn(move || loop {
+        let mut s = String::new();
+        let Ok(mut file) = std::fs::File::open(&p) else {
+            return;
+        };
+        let _ = std::io::Read::read_to_string(&mut file, &mut s);
+        let msg = s.trim();
+        if msg == "stop" || !f(msg) {
+            return;
+        }
+    });
+    served.lock().unwrap().push((fifo, h));
+}
+
+impl FakeSysfs {
+    /// An empty fake host under `sb` (no PCI devices yet).
+    pub fn new(sb: &Sandbox) -> FakeSysfs {
+        let dir = sb.dir.join("host");
+        for d in [
+            "sys/bus/pci/devices",
+            "sys/bus/mdev/devices",
+            "sys/devices/virtual/mdev",
+            "dev/vfio",
+        ] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        FakeSysfs {
+            dir,
+            served: Default::default(),
+        }
+    }
+
+    /// The sysfs root to put in a plan.
+    pub fn sysfs_root(&self) -> PathBuf {
+        self.dir.join("sys")
+    }
+
+    /// Mediated devices present, by UUID.
+    pub fn devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join("sys/bus/mdev/devices"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The vfio node of a present device.
+    pub fn vfio_node(&self, uuid: &str) -> PathBuf {
+        let link = self
+            .dir
+            .join("sys/bus/mdev/devices")
+            .join(uuid)
+            .join("iommu_group");
+        let group = std::fs::read_link(link).unwrap();
+        self.dir.join("dev/vfio").join(group.file_name().unwrap())
+    }
+
+    /// Adds PCI device `addr` offering mdev types `(dir name, display name)`.
+    pub fn add_parent(&self, addr: &str, types: &[(&str, &str)]) {
+        static GROUP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(40);
+        for (tdir, name) in types {
+            let t = self
+                .dir
+                .join("sys/bus/pci/devices")
+                .join(addr)
+                .join("mdev_supported_types")
+                .join(tdir);
+            std::fs::create_dir_all(t.join("devices")).unwrap();
+            std::fs::write(t.join("name"), format!("{name}\n")).unwrap();
+            mkfifo(&t.join("create"));
+            let root = self.dir.clone();
+            let served = self.served.clone();
+            serve(&self.served, t.join("create"), move |uuid| {
+                if uuid::Uuid::parse_str(uuid).is_err() {
+                    return true;
+                }
+                let group = GROUP.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let dev = root.join("sys/devices/virtual/mdev").join(uuid);
+                std::fs::create_dir_all(&dev).unwrap();
+                mkfifo(&dev.join("remove"));
+                std::os::unix::fs::symlink(
+                    format!("../../../../kernel/iommu_groups/{group}"),
+                    dev.join("iommu_group"),
+                )
+                .unwrap();
+                let node = root.join("dev/vfio").join(group.to_string());
+                let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: mknod of a NUL-terminated path (a /dev/null-like node
+                // that is never opened).
+                unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+                let in_type = t.join("devices").join(uuid);
+                let in_bus = root.join("sys/bus/mdev/devices").join(uuid);
+                std::os::unix::fs::symlink(&dev, &in_type).unwrap();
+                std::os::unix::fs::symlink(&dev, &in_bus).unwrap();
+                let dev2 = dev.clone();
+                serve(&served, dev.join("remove"), move |msg| {
+                    if msg != "1" {
+                        return true;
+                    }
+                    let _ = std::fs::remove_file(&in_bus);
+                    let _ = std::fs::remove_file(&in_type);
+                    let _ = std::fs::remove_file(&node);
+                    let _ = std::fs::remove_dir_all(&dev2);
+                    false
+                });
+                true
+            });
+        }
+    }
+}
+
+impl Drop for FakeSysfs {
+    fn drop(&mut self) {
+        let all: Vec<_> = std::mem::take(&mut *self.served.lock().unwrap());
+        for (fifo, h) in all {
+            let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+            while !h.is_finished() {
+                // SAFETY: non-blocking open/write/close of a FIFO: fails with
+                // ENXIO until the thread waits on it.
+                unsafe {
+                    let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK);
+                    if fd >= 0 {
+                        libc::write(fd, b"stop".as_ptr().cast(), 4);
+                        libc::close(fd);
+                    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+/// Everything a failed launch could have changed, to compare before and
+/// after: interfaces in the namespace, the runtime root, the given files
+/// (owner, group, mode, ACL) and the fake host's mdevs and vfio nodes.
+#[derive(Debug, PartialEq)]
+pub struct HostState {
+    links: Vec<String>,
+    run: Vec<(PathBuf, u32, u32, u32)>,
+    files: Vec<Option<FileState>>,
+    host: Vec<(PathBuf, u32, u32, u32)>,
+}
+
+impl HostState {
+    /// Takes a snapshot.
+    pub fn take(ns: &NetNs, sb: &Sandbox, files: &[&Path]) -> HostState {
+        HostState {
+            links: ns.links(),
+            run: tree(&sb.run_root()),
+            files: files.iter().map(|f| file_state(f)).collect(),
+            host: tree(&sb.dir.join("host")),
+        }
+    }
 }
