@@ -87,6 +87,25 @@ fn launched_vm_runs_unprivileged_with_its_tap() {
     assert!(info.contains("iff:\tvm-a.0"), "fdinfo: {info}");
     let stderr = q.stderr.to_string_lossy().into_owned();
     let disk_s = disk.to_string_lossy().into_owned();
+    // The VM's lock, held by QEMU for its lifetime, right after the TAP.
+    let lock_s = sb
+        .run_root()
+        .join("vm-a.lock")
+        .to_string_lossy()
+        .into_owned();
+    assert!(fds.contains(&(4, lock_s.clone())), "lock fd: {fds:?}");
+    let info4 = std::fs::read_to_string(format!("/proc/{}/fdinfo/4", q.pid())).unwrap();
+    let flags = info4
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:\t"))
+        .unwrap();
+    let flags = i32::from_str_radix(flags, 8).unwrap();
+    assert_eq!(
+        flags & libc::O_ACCMODE,
+        libc::O_RDONLY,
+        "lock fd is read-only"
+    );
+    assert!(info4.contains("FLOCK"), "QEMU holds the flock: {info4}");
     for (n, t) in &fds {
         let ok = t == "/dev/null"
             || *t == stderr
@@ -95,7 +114,8 @@ fn launched_vm_runs_unprivileged_with_its_tap() {
             || *t == disk_s
             || t.starts_with("anon_inode:")
             || t.starts_with("socket:")
-            || t.starts_with("pipe:");
+            || t.starts_with("pipe:")
+            || (*n == 4 && *t == lock_s);
         assert!(ok, "unexpected fd {n} -> {t} in QEMU (all: {fds:?})");
     }
     assert_eq!(ns.master_of("vm-a.0").as_deref(), Some("br0"));
@@ -149,7 +169,7 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
     let (code, err) = l::launch_fails(&ns, &file);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.starts_with("machina-launch: vm-b: lock: already running"),
+        err.starts_with("machina-launch: vm-b: lock: the VM is already running"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

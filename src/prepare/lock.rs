@@ -41,7 +41,9 @@ impl FileLock {
             let fd = openat_nofollow(
                 dir.as_raw_fd(),
                 Path::new(name),
-                libc::O_RDWR | libc::O_CREAT,
+                // Read-only is enough for flock, and a holder (QEMU keeps
+                // the VM's lock) cannot write into the file.
+                libc::O_RDONLY | libc::O_CREAT,
                 0o600,
             )?;
             // SAFETY: flock on an fd we own.
@@ -83,6 +85,12 @@ impl FileLock {
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The locked fd (close-on-exec), for a holder that must keep the lock
+    /// past `execve`.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
     }
 
     /// Unlinks the lock file (still holding the lock), then releases it.

@@ -75,6 +75,14 @@ pub fn runtime_root(plan: &Plan) -> &Path {
 /// looked up in the caller's network namespace.
 pub fn teardown(plan: &Plan, opts: &Options) -> Report {
     let mut r = Report::default();
+    // Processes first: QEMU and anything it forked hold the VM's lock.
+    match procs::kill_all(plan.uid, opts.grace) {
+        Ok(0) => {}
+        Ok(n) => r
+            .done
+            .push(format!("ended {n} process(es) of uid {}", plan.uid)),
+        Err(e) => r.errors.push(("processes".into(), e)),
+    }
     let root_path = runtime_root(plan);
     let root: Option<OwnedFd> = match open_nofollow(root_path, libc::O_RDONLY | libc::O_DIRECTORY) {
         Ok(fd) => Some(fd),
@@ -99,13 +107,6 @@ pub fn teardown(plan: &Plan, opts: &Options) -> Report {
         }
     });
 
-    match procs::kill_all(plan.uid, opts.grace) {
-        Ok(0) => {}
-        Ok(n) => r
-            .done
-            .push(format!("ended {n} process(es) of uid {}", plan.uid)),
-        Err(e) => r.errors.push(("processes".into(), e)),
-    }
     for t in &plan.taps {
         match tap::remove_leftover(t.ifname.as_str()) {
             Ok(true) => r.done.push(format!("removed interface {}", t.ifname)),
