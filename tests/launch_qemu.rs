@@ -295,3 +295,39 @@ fn two_vms_cannot_touch_each_other() {
         assert!(r.ok(), "{r}");
     }
 }
+
+#[test]
+fn multiqueue_tap_and_read_only_disk() {
+    let Some(qemu) = common::privileged("multiqueue_tap_and_read_only_disk") else {
+        return;
+    };
+    let ns = NetNs::new(true);
+    let sb = Sandbox::new();
+    let disk = sb.disk("rw.raw", 1 << 20);
+    let ro = sb.disk("ro.raw", 1 << 20);
+    let mut t = l::tap("vm-q.0", false);
+    t.fds = vec![3, 4];
+    let mut g = l::rw(&ro);
+    g.access = machina::plan::Access::ReadOnly;
+    let plan = l::plan(&sb, &qemu, "vm-q", vec![t], vec![l::rw(&disk), g]);
+    let file = sb.write_plan(&plan);
+    let mut q = l::launch(&ns, &sb, &file);
+    let _qmp = l::qmp_connect(&mut q, &l::qmp_socket(&plan));
+    for fd in [3, 4] {
+        let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", q.pid())).unwrap();
+        assert!(info.contains("iff:\tvm-q.0"), "fd {fd}: {info}");
+    }
+    // The lock goes after the last plan fd.
+    let lock = std::fs::read_link(format!("/proc/{}/fd/5", q.pid())).unwrap();
+    assert_eq!(lock, sb.run_root().join("vm-q.lock"));
+    assert_eq!(ns.master_of("vm-q.0").as_deref(), Some("br0"));
+    let m = std::fs::metadata(&ro).unwrap();
+    assert_eq!(
+        (m.gid(), m.mode() & 0o7777),
+        (plan.gid, 0o640),
+        "read-only grant is g+r"
+    );
+    q.kill9();
+    let r = ns.run_in(move || teardown::teardown(&plan, &Options::default()));
+    assert!(r.ok(), "{r}");
+}

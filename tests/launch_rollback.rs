@@ -323,10 +323,19 @@ fn mdev_created_granted_and_torn_down_with_real_qemu() {
     let iso = sb.disk("media.iso", 4096);
     chmod(&iso, 0o640);
     let iso_before = l::file_state(&iso);
+    // World-readable shared media are left exactly alone.
+    let fw = sb.disk("code.fd", 4096);
+    chmod(&fw, 0o644);
+    let fw_before = l::file_state(&fw);
     let mut p = l::plan(&sb, &qemu, "vm-g", vec![l::tap("vm-g.0", false)], vec![]);
     p.mdevs = vec![mdev(&fake, &["0000:c9:00.0", "0000:c2:00.0", ADDR])];
     p.grants.push(Grant {
         path: iso.clone(),
+        access: Access::ReadOnly,
+        shared: true,
+    });
+    p.grants.push(Grant {
+        path: fw.clone(),
         access: Access::ReadOnly,
         shared: true,
     });
@@ -354,6 +363,11 @@ fn mdev_created_granted_and_torn_down_with_real_qemu() {
         std::fs::metadata(&iso).unwrap().gid(),
         0,
         "shared media keep their group"
+    );
+    assert_eq!(
+        l::file_state(&fw),
+        fw_before,
+        "world-readable media untouched"
     );
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", q.pid())).unwrap();
     assert!(

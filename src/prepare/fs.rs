@@ -93,19 +93,83 @@ pub fn kind(mode: u32) -> &'static str {
     }
 }
 
-/// Reopens an `O_PATH` fd with real access `flags` through its
-/// `/proc/self/fd` entry (the kernel's way to upgrade an `O_PATH` fd: it
-/// reaches the same inode, never a path).
-pub fn reopen(fd: &OwnedFd, flags: i32, path: &Path) -> Result<OwnedFd> {
-    let proc = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
-    let c = CStr::from_bytes_with_nul(proc.as_bytes()).expect("no interior NUL");
-    // SAFETY: plain open of a NUL-terminated path.
-    let new = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) };
-    if new < 0 {
-        return Err(Error::last("reopen", path));
+/// The `/proc/self/fd/<n>` path of an fd: the kernel's way to reach an
+/// `O_PATH` fd's inode with calls that have no fd form (`chmod`, xattrs),
+/// without another path walk.
+fn proc_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
+}
+
+/// Sets the group of the file behind `fd` (an `O_PATH` fd will do).
+pub fn set_group(fd: &OwnedFd, gid: u32, path: &Path) -> Result<()> {
+    // SAFETY: fchownat with AT_EMPTY_PATH acts on the fd itself.
+    if unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            u32::MAX,
+            gid,
+            libc::AT_EMPTY_PATH,
+        )
+    } != 0
+    {
+        return Err(Error::last("chgrp", path));
     }
-    // SAFETY: new fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    Ok(())
+}
+
+/// Sets the mode of the file behind `fd` (an `O_PATH` fd will do).
+pub fn set_mode(fd: &OwnedFd, mode: u32, path: &Path) -> Result<()> {
+    // SAFETY: chmod of a NUL-terminated path.
+    if unsafe { libc::chmod(proc_path(fd).as_ptr(), mode) } != 0 {
+        return Err(Error::last("chmod", path));
+    }
+    Ok(())
+}
+
+/// Reads extended attribute `name` of the file behind `fd`; `None` when
+/// it is not set.
+pub fn get_xattr(fd: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the kernel writes at most buf.len() bytes.
+    let n = unsafe {
+        libc::getxattr(
+            proc_path(fd).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENODATA) => Ok(None),
+            _ => Err(Error::io("read extended attribute of", path, err)),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+/// Sets (`Some`) or removes (`None`) extended attribute `name` of the file
+/// behind `fd`. Removing an absent attribute is success.
+pub fn set_xattr(fd: &OwnedFd, name: &CStr, value: Option<&[u8]>, path: &Path) -> Result<()> {
+    let p = proc_path(fd);
+    // SAFETY: NUL-terminated strings and a buffer we own.
+    let rc = unsafe {
+        match value {
+            Some(v) => libc::setxattr(p.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0),
+            None => libc::removexattr(p.as_ptr(), name.as_ptr()),
+        }
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if value.is_none() && err.raw_os_error() == Some(libc::ENODATA) {
+            return Ok(());
+        }
+        return Err(Error::io("set extended attribute of", path, err));
+    }
+    Ok(())
 }
 
 /// Whether a directory is safe to create things in as root: owned by root

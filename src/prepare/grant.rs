@@ -3,19 +3,20 @@
 //!
 //! The path is resolved by the kernel with no symbolic link allowed in any
 //! component (`openat2` + `RESOLVE_NO_SYMLINKS`) into an `O_PATH` fd; the
-//! type and link count are checked on that fd, which is then reopened for
-//! the changes, so nothing can be swapped in between.
+//! type and link count are checked on that fd and every change is made
+//! through it, so nothing can be swapped in between. The file itself is
+//! never opened (no read permission needed, no side effect of opening a
+//! device).
 //!
 //! Shared read-only media (ISOs, firmware code) are never re-grouped: if
 //! they are world-readable they are left alone, otherwise the VM's group
 //! gets a POSIX ACL entry of its own.
 
 use std::ffi::CStr;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use super::fs::{fstat, kind, open_nofollow, reopen};
+use super::fs::{fstat, get_xattr, kind, open_nofollow, set_group, set_mode, set_xattr};
 use super::{Error, Result};
 use crate::plan::{Access, Grant};
 
@@ -63,23 +64,13 @@ impl Granted {
             return;
         }
         self.armed = false;
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: syscalls on an fd we hold.
-        unsafe {
-            match &self.acl {
-                Some(Some(old)) => {
-                    libc::fsetxattr(fd, ACL_XATTR.as_ptr(), old.as_ptr().cast(), old.len(), 0);
-                }
-                Some(None) => {
-                    libc::fremovexattr(fd, ACL_XATTR.as_ptr());
-                }
-                None => {
-                    libc::fchown(fd, u32::MAX, self.gid);
-                }
-            }
-            // Last: setting or removing an ACL rewrites the group bits.
-            libc::fchmod(fd, self.mode);
-        }
+        let (fd, path) = (&self.fd, &self.path);
+        let _ = match &self.acl {
+            Some(old) => set_xattr(fd, ACL_XATTR, old.as_deref(), path),
+            None => set_group(fd, self.gid, path),
+        };
+        // Last: setting or removing an ACL rewrites the group bits.
+        let _ = set_mode(fd, self.mode, path);
     }
 }
 
@@ -117,20 +108,7 @@ fn open_checked(grant: &Grant) -> Result<(OwnedFd, libc::stat)> {
             nlink: st.st_nlink as u64,
         });
     }
-    let flags = if is_dir {
-        libc::O_RDONLY | libc::O_DIRECTORY
-    } else {
-        libc::O_RDONLY | libc::O_NONBLOCK
-    };
-    let fd = reopen(&opath, flags, path)?;
-    let st2 = fstat(&fd, path)?;
-    if st2.st_dev != st.st_dev || st2.st_ino != st.st_ino {
-        return Err(Error::Refused(format!(
-            "{}: changed while being opened",
-            path.display()
-        )));
-    }
-    Ok((fd, st2))
+    Ok((opath, st))
 }
 
 /// Gives group `gid` the access `grant` asks for. Returns `None` when
@@ -166,19 +144,7 @@ pub fn prepare(grant: &Grant, gid: u32) -> Result<Option<Granted>> {
         };
         g.acl = Some(old);
         g.armed = true;
-        // SAFETY: fsetxattr on an fd we hold with a buffer we own.
-        if unsafe {
-            libc::fsetxattr(
-                g.fd.as_raw_fd(),
-                ACL_XATTR.as_ptr(),
-                new.as_ptr().cast(),
-                new.len(),
-                0,
-            )
-        } != 0
-        {
-            return Err(Error::last("set ACL on", path));
-        }
+        set_xattr(&g.fd, ACL_XATTR, Some(&new), path)?;
         return Ok(Some(g));
     }
     let bits = match (grant.access, is_dir) {
@@ -190,15 +156,10 @@ pub fn prepare(grant: &Grant, gid: u32) -> Result<Option<Granted>> {
         return Ok(None);
     }
     g.armed = true;
-    // SAFETY: fchown/fchmod on an fd we hold; the owner is kept.
-    if unsafe { libc::fchown(g.fd.as_raw_fd(), u32::MAX, gid) } != 0 {
-        return Err(Error::last("chgrp", path));
-    }
+    set_group(&g.fd, gid, path)?;
     // Re-read the mode: chown clears set-id bits, which must stay cleared.
     let now = fstat(&g.fd, path)?.st_mode & 0o7777;
-    if unsafe { libc::fchmod(g.fd.as_raw_fd(), now | bits) } != 0 {
-        return Err(Error::last("chmod", path));
-    }
+    set_mode(&g.fd, now | bits, path)?;
     Ok(Some(g))
 }
 
@@ -223,16 +184,9 @@ pub fn revoke_shared(grant: &Grant, gid: u32) -> Result<bool> {
     let named = entries.iter().any(|e| {
         e.0 != ACL_USER_OBJ && e.0 != ACL_GROUP_OBJ && e.0 != ACL_OTHER && e.0 != ACL_MASK
     });
-    let fdr = fd.as_raw_fd();
     if named {
         recompute_mask(&mut entries);
-        let buf = encode_acl(&entries);
-        // SAFETY: fsetxattr on an fd we hold.
-        if unsafe { libc::fsetxattr(fdr, ACL_XATTR.as_ptr(), buf.as_ptr().cast(), buf.len(), 0) }
-            != 0
-        {
-            return Err(Error::last("set ACL on", &grant.path));
-        }
+        set_xattr(&fd, ACL_XATTR, Some(&encode_acl(&entries)), &grant.path)?;
     } else {
         // Only the base entries are left: drop the ACL and put the owning
         // group's own bits back into the mode.
@@ -240,38 +194,14 @@ pub fn revoke_shared(grant: &Grant, gid: u32) -> Result<bool> {
             .iter()
             .find(|e| e.0 == ACL_GROUP_OBJ)
             .map_or(0, |e| e.1 as u32);
-        let mode = (st.st_mode & 0o7707) | (group_obj << 3);
-        // SAFETY: as above.
-        unsafe {
-            if libc::fremovexattr(fdr, ACL_XATTR.as_ptr()) != 0 {
-                return Err(Error::last("remove ACL of", &grant.path));
-            }
-            libc::fchmod(fdr, mode);
-        }
+        set_xattr(&fd, ACL_XATTR, None, &grant.path)?;
+        set_mode(&fd, (st.st_mode & 0o7707) | (group_obj << 3), &grant.path)?;
     }
     Ok(true)
 }
 
 fn get_acl(fd: &OwnedFd, path: &Path) -> Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; 1024];
-    // SAFETY: the kernel writes at most buf.len() bytes.
-    let n = unsafe {
-        libc::fgetxattr(
-            fd.as_raw_fd(),
-            ACL_XATTR.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENODATA) => Ok(None),
-            _ => Err(Error::io("read ACL of", path, err)),
-        };
-    }
-    buf.truncate(n as usize);
-    Ok(Some(buf))
+    get_xattr(fd, ACL_XATTR, path)
 }
 
 /// An ACL entry: (tag, perm, id).

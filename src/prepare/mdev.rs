@@ -9,13 +9,13 @@
 //! symbolic links.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::fs::{fstat, open_nofollow};
+use super::fs::{fstat, open_nofollow, set_group, set_mode};
 use super::lock::FileLock;
 use super::{Error, Result};
 use crate::plan;
@@ -326,30 +326,11 @@ fn open_vfio(node: &Path) -> Result<(OwnedFd, libc::stat)> {
     Ok((fd, st))
 }
 
-/// Group and mode of an `O_PATH` fd (the node is never opened: opening a
-/// vfio group claims it).
+/// Group and mode of the vfio node through an `O_PATH` fd (the node is
+/// never opened: opening a vfio group claims it).
 fn set_group_mode(fd: &OwnedFd, path: &Path, gid: u32, mode: u32) -> Result<()> {
-    // SAFETY: fchownat with AT_EMPTY_PATH acts on the fd itself.
-    if unsafe {
-        libc::fchownat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            u32::MAX,
-            gid,
-            libc::AT_EMPTY_PATH,
-        )
-    } != 0
-    {
-        return Err(Error::last("chgrp", path));
-    }
-    // chmod has no AT_EMPTY_PATH form; the fd's /proc entry reaches the
-    // same inode without a path walk.
-    let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL");
-    // SAFETY: chmod of a NUL-terminated path.
-    if unsafe { libc::chmod(proc.as_ptr(), mode) } != 0 {
-        return Err(Error::last("chmod", path));
-    }
-    Ok(())
+    set_group(fd, gid, path)?;
+    set_mode(fd, mode, path)
 }
 
 fn grant_vfio(sysfs_root: &Path, dev: &Path, gid: u32) -> Result<(OwnedFd, PathBuf, u32, u32)> {

@@ -147,11 +147,19 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         ]);
     }
     for (i, g) in grants.iter().filter(|g| !g.shared).enumerate() {
+        let ro = if g.access == Access::ReadOnly {
+            ",read-only=on"
+        } else {
+            ""
+        };
         args.extend([
             "-blockdev".into(),
-            format!("driver=file,node-name=f{i},filename={}", g.path.display()),
+            format!(
+                "driver=file,node-name=f{i},filename={}{ro}",
+                g.path.display()
+            ),
             "-blockdev".into(),
-            format!("driver=raw,node-name=d{i},file=f{i}"),
+            format!("driver=raw,node-name=d{i},file=f{i}{ro}"),
             "-device".into(),
             format!("virtio-blk-pci,drive=d{i}"),
         ]);
