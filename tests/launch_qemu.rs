@@ -74,6 +74,13 @@ fn launched_vm_runs_unprivileged_with_its_tap() {
     }
     assert_eq!(st["NoNewPrivs"], "1");
     assert_eq!(st["Seccomp"], "2");
+    assert_eq!(st["Umask"], "0077");
+    let environ = std::fs::read(format!("/proc/{}/environ", q.pid())).unwrap();
+    assert!(
+        environ.is_empty(),
+        "environment: {:?}",
+        String::from_utf8_lossy(&environ)
+    );
 
     // fd 3 is the TAP; nothing of the launcher's leaked into QEMU.
     let fds = fd_targets(q.pid());

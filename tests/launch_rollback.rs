@@ -461,3 +461,38 @@ fn kvm_without_group_access_is_a_clear_error() {
         .to_string();
     assert!(err.contains("is missing"), "{err}");
 }
+
+#[test]
+fn teardown_removes_a_leftover_persistent_tap() {
+    if common::privileged("teardown_removes_a_leftover_persistent_tap").is_none() {
+        return;
+    }
+    let ns = NetNs::new(true);
+    let sb = Sandbox::new();
+    // As the Go machina's QEMU left them (`ifname=`, persistent).
+    ns.ip(&["tuntap", "add", "dev", "vm-p.0", "mode", "tap"]);
+    let p = l::plan(
+        &sb,
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        "vm-p",
+        vec![l::tap("vm-p.0", false)],
+        vec![],
+    );
+    // A launch refuses to reuse it...
+    let (_, err) = l::launch_fails(&ns, &sb.write_plan(&p));
+    assert!(err.contains("interface \"vm-p.0\" already exists"), "{err}");
+    // ...and teardown removes it.
+    let r = ns.run_in({
+        let p = p.clone();
+        move || teardown::teardown(&p, &Options::default())
+    });
+    assert!(r.ok(), "{r}");
+    assert!(
+        r.done
+            .iter()
+            .any(|d| d.contains("removed interface vm-p.0")),
+        "{r:?}"
+    );
+    assert!(!ns.links().contains(&"vm-p.0".to_string()));
+    assert!(l::tree(&sb.run_root()).is_empty());
+}

@@ -365,6 +365,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn placement_skips_active_and_not_applicable() {
+        let dir = std::env::temp_dir().join(format!("machina-placement-{}", std::process::id()));
+        let mk = |name: &str, content: &str| {
+            let d = dir.join(name);
+            std::fs::create_dir_all(d.join("nvidia")).unwrap();
+            std::fs::write(d.join("nvidia/placement_id"), content).unwrap();
+            d
+        };
+        let devs = vec![mk("a", "0\n"), mk("b", "Not Applicable\n"), mk("c", "2\n")];
+        assert_eq!(choose_placement(&[0, 2, 4, 6], &devs), Some(4));
+        assert_eq!(choose_placement(&[0, 2], &devs), None);
+        assert_eq!(choose_placement(&[], &devs), None);
+        assert_eq!(read_placement(&devs[1].join("nvidia/placement_id")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn pci_addresses() {
         assert!(valid_pci_address("0000:c1:00.0"));
         for bad in [

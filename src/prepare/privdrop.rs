@@ -151,6 +151,25 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
     targets.sort_unstable();
     let failed_msg = format!("{prefix}exec {}: ", spec.binary.display());
 
+    // A target the fd limit does not allow would fail only after the drop.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes lim.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        if let Some(&max) = targets.last() {
+            if max as u64 + 64 >= lim.rlim_cur {
+                return DropError {
+                    error: Error::Refused(format!(
+                        "fd number {max} is too close to the open-file limit {}",
+                        lim.rlim_cur
+                    )),
+                    after_drop: false,
+                };
+            }
+        }
+    }
     let groups: &[libc::gid_t] = if spec.kvm_gid == spec.gid {
         &[spec.gid][..]
     } else {
@@ -236,6 +255,12 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
     unsafe {
         libc::close_range(lo, u32::MAX, 0);
         libc::umask(0o077);
+        // Ignored signals and the signal mask survive execve; the Rust
+        // runtime ignores SIGPIPE. QEMU starts with the defaults.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(binary.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     die(&failed_msg, "execve")
