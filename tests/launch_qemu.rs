@@ -144,7 +144,7 @@ fn launched_vm_runs_unprivileged_with_its_tap() {
 
     drop(qmp);
     q.kill9();
-    let report = ns.run_in({
+    let report = l::with_unit_caps(&ns, {
         let plan = plan.clone();
         move || teardown::teardown(&plan, &Options::default())
     });
@@ -198,8 +198,13 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
     };
     let mut stray = Reap(stray);
 
+    // The kernel drops QEMU's lock with it: a relaunch right after
+    // `kill -9` takes over the leftover runtime directory and works.
     q.kill9();
-    let report = ns.run_in({
+    let mut q = l::launch(&ns, &sb, &file);
+    let _qmp = l::qmp_connect(&mut q, &l::qmp_socket(&plan));
+    q.kill9();
+    let report = l::with_unit_caps(&ns, {
         let plan = plan.clone();
         move || {
             teardown::teardown(
@@ -220,7 +225,7 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
         l::tree(&sb.run_root())
     );
     // Idempotent.
-    let again = ns.run_in({
+    let again = l::with_unit_caps(&ns, {
         let plan = plan.clone();
         move || teardown::teardown(&plan, &Options::default())
     });
@@ -298,7 +303,7 @@ fn two_vms_cannot_touch_each_other() {
     qa.kill9();
     qb.kill9();
     for p in [pa, pb] {
-        let r = ns.run_in(move || teardown::teardown(&p, &Options::default()));
+        let r = l::with_unit_caps(&ns, move || teardown::teardown(&p, &Options::default()));
         assert!(r.ok(), "{r}");
     }
 }
@@ -335,6 +340,6 @@ fn multiqueue_tap_and_read_only_disk() {
         "read-only grant is g+r"
     );
     q.kill9();
-    let r = ns.run_in(move || teardown::teardown(&plan, &Options::default()));
+    let r = l::with_unit_caps(&ns, move || teardown::teardown(&plan, &Options::default()));
     assert!(r.ok(), "{r}");
 }

@@ -253,12 +253,18 @@ fn remove_at_depth(dir: &OwnedFd, name: &CStr, shown: &Path, depth: u32) -> Resu
             shown.display()
         )));
     }
-    let sub = openat_nofollow(
-        dir.as_raw_fd(),
-        Path::new(std::ffi::OsStr::from_bytes(name.to_bytes())),
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    )?;
+    let rel = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    // Take the directory back first (root, 0700): a VM-owned 0750 (or
+    // 0000) directory is closed to a root without CAP_DAC_OVERRIDE, which
+    // the unit does not grant. Through an O_PATH fd, so no link is followed.
+    let p = openat_nofollow(dir.as_raw_fd(), rel, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    // SAFETY: fchownat with AT_EMPTY_PATH acts on the fd itself.
+    if unsafe { libc::fchownat(p.as_raw_fd(), c"".as_ptr(), 0, 0, libc::AT_EMPTY_PATH) } != 0 {
+        return Err(Error::last("chown", shown));
+    }
+    set_mode(&p, 0o700, shown)?;
+    drop(p);
+    let sub = openat_nofollow(dir.as_raw_fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
     for entry in read_dir(&sub, shown)? {
         let child = shown.join(std::ffi::OsStr::from_bytes(entry.to_bytes()));
         remove_at_depth(&sub, &entry, &child, depth + 1)?;

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::fs::{cstr, fstat, openat_nofollow, remove_at};
+use super::fs::{cstr, fstat, openat_nofollow, remove_at, set_mode};
 use super::{Error, Result};
 
 /// Mode of the runtime directory and of `qmp/`.
@@ -36,6 +36,10 @@ pub struct RuntimeDir {
 impl RuntimeDir {
     /// Creates (or takes over) `path` inside the already opened `parent`
     /// directory, and `path/qmp`, both owned by `uid:gid`, mode 0750.
+    ///
+    /// Both are made while root-owned 0700 and handed to the VM last: the
+    /// launcher has no `CAP_DAC_OVERRIDE`, so it could not work inside a
+    /// directory it had already given away.
     pub fn prepare(parent: &OwnedFd, path: &Path, uid: u32, gid: u32) -> Result<RuntimeDir> {
         let parent = parent.try_clone().map_err(|e| Error::io("dup", path, e))?;
         let name = path
@@ -46,10 +50,14 @@ impl RuntimeDir {
             dir: None,
             qmp: None,
         };
-        let dir = make(&rd.parent, Path::new(name), path.to_owned(), uid, gid)?;
-        let qmp = make(&dir.fd, Path::new("qmp"), path.join("qmp"), uid, gid);
-        rd.dir = Some(dir);
-        rd.qmp = Some(qmp?);
+        let dir = rd
+            .dir
+            .insert(make(&rd.parent, Path::new(name), path.to_owned())?);
+        let qmp = rd
+            .qmp
+            .insert(make(&dir.fd, Path::new("qmp"), path.join("qmp"))?);
+        set_owner_mode(&qmp.fd, &qmp.path, uid, gid, MODE)?;
+        set_owner_mode(&dir.fd, &dir.path, uid, gid, MODE)?;
         Ok(rd)
     }
 
@@ -66,10 +74,12 @@ impl RuntimeDir {
     }
 
     fn undo_inner(&mut self) {
-        if let (Some(qmp), Some(dir)) = (self.qmp.take(), self.dir.as_ref()) {
-            revert(&dir.fd, qmp);
-        }
         if let Some(dir) = self.dir.take() {
+            // Take it back first, to be able to work inside it.
+            let _ = set_owner_mode(&dir.fd, &dir.path, 0, 0, 0o700);
+            if let Some(qmp) = self.qmp.take() {
+                revert(&dir.fd, qmp);
+            }
             revert(&self.parent, dir);
         }
     }
@@ -81,9 +91,10 @@ impl Drop for RuntimeDir {
     }
 }
 
-fn make(parent: &OwnedFd, name: &Path, path: PathBuf, uid: u32, gid: u32) -> Result<Made> {
+/// Creates `name` in `parent`, or takes an existing directory over; either
+/// way it is root-owned 0700 afterwards.
+fn make(parent: &OwnedFd, name: &Path, path: PathBuf) -> Result<Made> {
     let cname = cstr(name)?;
-    // 0700 until chowned, so nobody else can look in meanwhile.
     // SAFETY: mkdirat relative to an fd we hold.
     let created = unsafe { libc::mkdirat(parent.as_raw_fd(), cname.as_ptr(), 0o700) } == 0;
     if !created {
@@ -92,10 +103,12 @@ fn make(parent: &OwnedFd, name: &Path, path: PathBuf, uid: u32, gid: u32) -> Res
             return Err(Error::io("mkdir", &path, err));
         }
     }
+    // O_PATH: an existing VM-owned 0750 directory cannot be opened for
+    // reading before it is taken back.
     let fd = match openat_nofollow(
         parent.as_raw_fd(),
         name,
-        libc::O_RDONLY | libc::O_DIRECTORY,
+        libc::O_PATH | libc::O_DIRECTORY,
         0,
     ) {
         Ok(fd) => fd,
@@ -121,23 +134,21 @@ fn make(parent: &OwnedFd, name: &Path, path: PathBuf, uid: u32, gid: u32) -> Res
         path,
         before,
     };
-    // On error `made` is dropped without revert; revert it by hand.
-    if let Err(e) = set_owner_mode(&made.fd, &made.path, uid, gid, MODE) {
-        revert(parent, made);
-        return Err(e);
+    if made.before.is_some() {
+        if let Err(e) = set_owner_mode(&made.fd, &made.path, 0, 0, 0o700) {
+            revert(parent, made);
+            return Err(e);
+        }
     }
     Ok(made)
 }
 
 fn set_owner_mode(fd: &OwnedFd, path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    // SAFETY: fchown/fchmod on an fd we hold.
-    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+    // SAFETY: fchownat with AT_EMPTY_PATH acts on the (O_PATH) fd itself.
+    if unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
         return Err(Error::last("chown", path));
     }
-    if unsafe { libc::fchmod(fd.as_raw_fd(), mode) } != 0 {
-        return Err(Error::last("chmod", path));
-    }
-    Ok(())
+    set_mode(fd, mode, path)
 }
 
 fn revert(parent: &OwnedFd, made: Made) {

@@ -214,12 +214,46 @@ impl Drop for Qemu {
     }
 }
 
+/// The capabilities the unit gives `machina-launch` (DESIGN.md) without
+/// vfio; tests run the launcher with only these, as systemd would.
+pub const UNIT_CAPS: &str = "-all,+net_admin,+chown,+fowner,+setuid,+setgid,+setpcap";
+
+/// `machina-launch` inside `ns`, limited to [`UNIT_CAPS`] (`setpriv`
+/// execs, so the child's pid is still the launcher's, then QEMU's).
+fn launcher(ns: &NetNs) -> Command {
+    let mut c = ns.command("setpriv");
+    c.args(["--bounding-set", UNIT_CAPS, "--"]);
+    c.arg(super::bin("machina-launch"));
+    c
+}
+
+/// Runs `f` on a new thread whose effective and permitted capabilities are
+/// cut to [`UNIT_CAPS`] (capabilities are per thread), in `ns`.
+pub fn with_unit_caps<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    ns.run_in(move || {
+        use caps::{CapSet, Capability as C};
+        let keep: caps::CapsHashSet = [
+            C::CAP_NET_ADMIN,
+            C::CAP_CHOWN,
+            C::CAP_FOWNER,
+            C::CAP_SETUID,
+            C::CAP_SETGID,
+            C::CAP_SETPCAP,
+            C::CAP_KILL,
+        ]
+        .into_iter()
+        .collect();
+        caps::set(None, CapSet::Effective, &keep).unwrap();
+        caps::set(None, CapSet::Permitted, &keep).unwrap();
+        f()
+    })
+}
+
 /// Starts `machina-launch --plan <file>` inside `ns`.
 pub fn launch(ns: &NetNs, sb: &Sandbox, plan_file: &Path) -> Qemu {
     let stderr = sb.dir.join(format!("stderr-{}", unique()));
     let f = std::fs::File::create(&stderr).unwrap();
-    let child = ns
-        .command(super::bin("machina-launch").to_str().unwrap())
+    let child = launcher(ns)
         .arg("--plan")
         .arg(plan_file)
         .stdin(Stdio::null())
@@ -232,8 +266,7 @@ pub fn launch(ns: &NetNs, sb: &Sandbox, plan_file: &Path) -> Qemu {
 
 /// Runs the launcher expecting failure; returns (exit code, stderr).
 pub fn launch_fails(ns: &NetNs, plan_file: &Path) -> (i32, String) {
-    let out = ns
-        .command(super::bin("machina-launch").to_str().unwrap())
+    let out = launcher(ns)
         .arg("--plan")
         .arg(plan_file)
         .stdin(Stdio::null())
