@@ -4,7 +4,7 @@
 //! The steps, in order (DESIGN.md, privilege model): plan → lock → runtime
 //! directory → TAPs → mediated devices → file grants → `/dev/kvm` → QEMU
 //! binary check → rlimits → drop → exec. Each step returns a guard; if a
-//! later step fails, [`launch`] returns and the guards undo everything in
+//! later step fails, `launch` returns and the guards undo everything in
 //! reverse order before the one-line error is printed.
 //!
 //! Locking: the per-VM lock file `<runtime root>/<vm>.lock` is taken with

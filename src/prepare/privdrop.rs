@@ -43,7 +43,7 @@ pub fn set_memlock(bytes: u64) -> Result<()> {
 pub struct ExecSpec<'a> {
     /// Absolute path of QEMU.
     pub binary: &'a Path,
-    /// Arguments after argv[0].
+    /// Arguments after `argv[0]`.
     pub args: &'a [String],
     /// The VM's uid.
     pub uid: u32,
