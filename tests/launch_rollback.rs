@@ -136,6 +136,18 @@ fn every_failed_step_leaves_the_host_unchanged() {
         |_| {},
         "tap r-lo.0: interface \"lo\" is not a bridge",
     );
+    // A TAP is not a bridge either (and is left as it was).
+    ns.ip(&["tuntap", "add", "dev", "notabr", "mode", "tap"]);
+    let mut p = base("r-tapbr");
+    p.taps[0].bridge = machina::names::InterfaceName::new("notabr").unwrap();
+    fails_cleanly(
+        &ns,
+        &sb,
+        &p,
+        &files,
+        |_| {},
+        "tap r-tapbr.0: interface \"notabr\" is not a bridge",
+    );
     if !Path::new("/dev/vhost-net").exists() {
         let mut p = base("r-vhost");
         p.taps[0] = l::tap("r-vhost.0", true);

@@ -64,6 +64,45 @@ pub fn if_index(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// `SIOCETHTOOL` and `ETHTOOL_GDRVINFO` from the kernel headers.
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x3;
+
+/// `struct ethtool_drvinfo`.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    rest: [u8; 160],
+}
+
+/// Whether interface `name` is a bridge: its ethtool driver is `bridge`
+/// (what `ethtool -i` shows). Asked before anything is created.
+pub fn is_bridge(name: &str) -> Result<bool> {
+    let sock = ioctl_sock()?;
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    let mut req = IfReq::new(name);
+    let ptr = (&mut info as *mut DrvInfo as usize).to_ne_bytes();
+    req.data[..ptr.len()].copy_from_slice(&ptr);
+    // SAFETY: SIOCETHTOOL reads the ifreq and writes the DrvInfo it points
+    // to, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) } != 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            // No ethtool driver info (e.g. loopback): not a bridge.
+            Some(libc::EOPNOTSUPP) => Ok(false),
+            Some(libc::ENODEV) => Err(Error::BridgeNotFound(name.to_owned())),
+            _ => Err(Error::Refused(format!("query interface {name:?}: {err}"))),
+        };
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(&info.driver[..end] == b"bridge")
+}
+
 /// The fds of one prepared TAP, paired with the numbers QEMU expects them
 /// at. Dropping it closes them, which removes the TAP.
 #[derive(Debug)]
@@ -100,6 +139,9 @@ pub fn prepare(tap: &plan::Tap) -> Result<Tap> {
     let bridge = tap.bridge.as_str();
     if if_index(bridge).is_none() {
         return Err(Error::BridgeNotFound(bridge.to_owned()));
+    }
+    if !is_bridge(bridge)? {
+        return Err(Error::NotABridge(bridge.to_owned()));
     }
     if if_index(ifname).is_some() {
         return Err(Error::InterfaceExists(ifname.to_owned()));
