@@ -90,3 +90,6 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/golden")
 }
+
+pub mod launch;
+pub mod netns;

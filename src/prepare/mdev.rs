@@ -1,0 +1,398 @@
+//! Mediated devices (vGPUs): created through sysfs under a host-wide lock,
+//! then the VM's group is given read-write on `/dev/vfio/<iommu group>`.
+//!
+//! Paths inside sysfs are followed normally: sysfs is made of kernel
+//! symlinks and only the kernel writes it. The `/dev` holding the vfio
+//! nodes is `<parent of sysfs root>/dev`: `/dev` for `/sys`, and for a test's
+//! fake tree `<tmp>/sys` it is `<tmp>/dev`, so a fake host is one directory
+//! with `sys/` and `dev/` in it. The vfio node is reached without following
+//! symbolic links.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::fs::{fstat, open_nofollow, set_group, set_mode};
+use super::lock::FileLock;
+use super::{Error, Result};
+use crate::plan;
+
+/// Name of the host-wide mdev lock file in the runtime root.
+pub const LOCK_NAME: &str = "mdev.lock";
+/// How long to wait for another machina holding the mdev lock.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long to wait for a created or removed device to show in sysfs.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Whether `s` is a PCI address like `0000:c1:00.0` (lowercase, as sysfs
+/// names them). Anything else could traverse out of sysfs.
+pub fn valid_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && matches!(b[11], b'0'..=b'7')
+}
+
+/// The sysfs directory of mediated device `uuid`.
+pub fn device_dir(sysfs_root: &Path, uuid: &Uuid) -> PathBuf {
+    sysfs_root
+        .join("bus/mdev/devices")
+        .join(uuid.hyphenated().to_string())
+}
+
+/// The `/dev` that goes with a sysfs root (see the module documentation).
+pub fn dev_root(sysfs_root: &Path) -> PathBuf {
+    sysfs_root.parent().unwrap_or(Path::new("/")).join("dev")
+}
+
+/// A prepared mediated device. Undone when dropped unless committed: the
+/// vfio node gets its group and mode back, and a device this launch
+/// created is removed.
+#[derive(Debug)]
+pub struct Prepared {
+    created: Option<PathBuf>,
+    vfio: Option<(OwnedFd, PathBuf, u32, u32)>,
+}
+
+impl Prepared {
+    /// Keeps the device and the grant.
+    pub fn commit(mut self) {
+        self.created = None;
+        self.vfio = None;
+    }
+
+    /// Undoes the grant and removes a device this launch created.
+    pub fn undo(mut self) {
+        self.revert();
+    }
+
+    fn revert(&mut self) {
+        if let Some((fd, path, gid, mode)) = self.vfio.take() {
+            let _ = set_group_mode(&fd, &path, gid, mode);
+        }
+        if let Some(dir) = self.created.take() {
+            let _ = remove_device(&dir);
+        }
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.revert();
+    }
+}
+
+/// Creates the mediated device of `m` if it is absent and grants `gid`
+/// read-write on its vfio group node. `lock_dir` is the runtime root, where
+/// the host-wide lock lives.
+pub fn prepare(
+    m: &plan::Mdev,
+    gid: u32,
+    lock_dir: &OwnedFd,
+    lock_dir_path: &Path,
+) -> Result<Prepared> {
+    let pci = m.sysfs_root.join("bus/pci/devices");
+    if !pci.is_dir() {
+        return Err(Error::Mdev(format!(
+            "mediated devices are not supported on this host ({} is missing)",
+            pci.display()
+        )));
+    }
+    let lock = FileLock::acquire(lock_dir, lock_dir_path, LOCK_NAME, LOCK_WAIT, || {
+        format!(
+            "{} is held by another machina for more than {} s",
+            lock_dir_path.join(LOCK_NAME).display(),
+            LOCK_WAIT.as_secs()
+        )
+    })?;
+    let mut out = Prepared {
+        created: None,
+        vfio: None,
+    };
+    let dev = device_dir(&m.sysfs_root, &m.uuid);
+    let made = match std::fs::metadata(&dev) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Mdev(format!(
+            "{} exists and is not a directory",
+            dev.display()
+        ))),
+        Err(_) => create(m, &pci, &dev).map(|()| out.created = Some(dev.clone())),
+    };
+    // Released and unlinked whatever happened (a waiter notices the unlink
+    // and retries with a fresh file).
+    lock.remove();
+    made?;
+    out.vfio = Some(grant_vfio(&m.sysfs_root, &dev, gid)?);
+    Ok(out)
+}
+
+/// Tries each parent in order until one creates the device.
+fn create(m: &plan::Mdev, pci: &Path, dev: &Path) -> Result<()> {
+    let mut tried = Vec::new();
+    for p in &m.parents {
+        if !valid_pci_address(&p.address) {
+            return Err(Error::Mdev(format!(
+                "parent address {:?} is not a PCI address like 0000:c1:00.0",
+                p.address
+            )));
+        }
+        let parent = pci.join(&p.address);
+        if !parent.is_dir() {
+            tried.push(format!("{}: not present", p.address));
+            continue;
+        }
+        let types = parent.join("mdev_supported_types");
+        let Some(ty) = find_type(&types, &p.type_name) else {
+            tried.push(format!("{}: no type named {:?}", p.address, p.type_name));
+            continue;
+        };
+        let existing = existing_devices(&types);
+        if p.heterogeneous && existing.is_empty() {
+            set_heterogeneous(&p.address)?;
+        }
+        let placement = choose_placement(&p.placements, &existing);
+        write_file(
+            &ty.join("create"),
+            m.uuid.hyphenated().to_string().as_bytes(),
+        )?;
+        if !wait_for(|| dev.is_dir()) {
+            return Err(Error::Mdev(format!(
+                "mediated device {} should have been created by {} but did not appear in {}",
+                m.uuid,
+                p.address,
+                dev.display()
+            )));
+        }
+        if let Some(want) = placement {
+            let file = dev.join("nvidia/placement_id");
+            if read_placement(&file) != Some(want) {
+                if let Err(e) = write_file(&file, want.to_string().as_bytes()) {
+                    let _ = remove_device(dev);
+                    return Err(e);
+                }
+            }
+        }
+        return Ok(());
+    }
+    Err(Error::Mdev(format!(
+        "no listed parent device can create it ({})",
+        if tried.is_empty() {
+            "the plan lists no parent".to_owned()
+        } else {
+            tried.join("; ")
+        }
+    )))
+}
+
+/// The type directory whose `name` file equals `name`.
+fn find_type(types: &Path, name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(types)
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    dirs.sort();
+    dirs.into_iter()
+        .find(|d| std::fs::read_to_string(d.join("name")).is_ok_and(|n| n.trim() == name))
+}
+
+/// Every mediated device already created on a parent, over all its types.
+fn existing_devices(types: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(types) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|t| std::fs::read_dir(t.path().join("devices")).ok())
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect()
+}
+
+/// `nvidia/placement_id` of a device, when it has a numeric one.
+fn read_placement(file: &Path) -> Option<u32> {
+    let s = std::fs::read_to_string(file).ok()?;
+    let s = s.strip_suffix('\n').unwrap_or(&s);
+    if s.trim().eq_ignore_ascii_case("not applicable") {
+        return None;
+    }
+    s.trim().parse().ok()
+}
+
+/// The first wanted placement no existing device occupies.
+fn choose_placement(wanted: &[u32], existing: &[PathBuf]) -> Option<u32> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let active: Vec<u32> = existing
+        .iter()
+        .filter_map(|d| read_placement(&d.join("nvidia/placement_id")))
+        .collect();
+    wanted.iter().copied().find(|p| !active.contains(p))
+}
+
+fn set_heterogeneous(address: &str) -> Result<()> {
+    let status = std::process::Command::new("/usr/bin/nvidia-smi")
+        .args(["vgpu", "--id", address, "-shm", "1"])
+        .env_clear()
+        .status()
+        .map_err(|e| {
+            Error::Mdev(format!(
+                "set heterogeneous mode on {address}: /usr/bin/nvidia-smi: {e}"
+            ))
+        })?;
+    if !status.success() {
+        return Err(Error::Mdev(format!(
+            "set heterogeneous mode on {address}: nvidia-smi {status}"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `data` to an existing sysfs attribute (never creates a file).
+fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    f.write_all(data).map_err(|e| Error::io("write", path, e))
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Removes a mediated device through its `remove` attribute and waits for
+/// it to go.
+pub fn remove_device(dev: &Path) -> Result<()> {
+    if !dev.exists() {
+        return Ok(());
+    }
+    write_file(&dev.join("remove"), b"1")?;
+    if !wait_for(|| !dev.exists()) {
+        return Err(Error::Mdev(format!(
+            "mediated device {} is still present after remove",
+            dev.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The vfio node of a device's IOMMU group.
+pub fn vfio_node(sysfs_root: &Path, dev: &Path) -> Result<PathBuf> {
+    let link = dev.join("iommu_group");
+    let target = std::fs::read_link(&link).map_err(|e| Error::io("read link", &link, e))?;
+    let group: u32 = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            Error::Mdev(format!(
+                "{} points to {}, which is not an IOMMU group",
+                link.display(),
+                target.display()
+            ))
+        })?;
+    Ok(dev_root(sysfs_root).join("vfio").join(group.to_string()))
+}
+
+fn open_vfio(node: &Path) -> Result<(OwnedFd, libc::stat)> {
+    let fd = open_nofollow(node, libc::O_PATH)?;
+    let st = fstat(&fd, node)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return Err(Error::WrongType {
+            path: node.to_owned(),
+            found: super::fs::kind(st.st_mode),
+            expected: "a character device",
+        });
+    }
+    Ok((fd, st))
+}
+
+/// Group and mode of the vfio node through an `O_PATH` fd (the node is
+/// never opened: opening a vfio group claims it).
+fn set_group_mode(fd: &OwnedFd, path: &Path, gid: u32, mode: u32) -> Result<()> {
+    set_group(fd, gid, path)?;
+    set_mode(fd, mode, path)
+}
+
+fn grant_vfio(sysfs_root: &Path, dev: &Path, gid: u32) -> Result<(OwnedFd, PathBuf, u32, u32)> {
+    let node = vfio_node(sysfs_root, dev)?;
+    let (fd, st) = open_vfio(&node)?;
+    let before = (st.st_gid, st.st_mode & 0o7777);
+    set_group_mode(&fd, &node, gid, before.1 | 0o060)?;
+    Ok((fd, node, before.0, before.1))
+}
+
+/// Teardown of one mediated device: takes the vfio grant back from `gid`
+/// (group root, no group access) and removes the device. Returns whether
+/// the device existed.
+pub fn teardown(m: &plan::Mdev, gid: u32) -> Result<bool> {
+    let dev = device_dir(&m.sysfs_root, &m.uuid);
+    if !dev.exists() {
+        return Ok(false);
+    }
+    if let Ok(node) = vfio_node(&m.sysfs_root, &dev) {
+        if let Ok((fd, st)) = open_vfio(&node) {
+            if st.st_gid == gid {
+                set_group_mode(&fd, &node, 0, st.st_mode & 0o7707)?;
+            }
+        }
+    }
+    remove_device(&dev)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_skips_active_and_not_applicable() {
+        let dir = std::env::temp_dir().join(format!("machina-placement-{}", std::process::id()));
+        let mk = |name: &str, content: &str| {
+            let d = dir.join(name);
+            std::fs::create_dir_all(d.join("nvidia")).unwrap();
+            std::fs::write(d.join("nvidia/placement_id"), content).unwrap();
+            d
+        };
+        let devs = vec![mk("a", "0\n"), mk("b", "Not Applicable\n"), mk("c", "2\n")];
+        assert_eq!(choose_placement(&[0, 2, 4, 6], &devs), Some(4));
+        assert_eq!(choose_placement(&[0, 2], &devs), None);
+        assert_eq!(choose_placement(&[], &devs), None);
+        assert_eq!(read_placement(&devs[1].join("nvidia/placement_id")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pci_addresses() {
+        assert!(valid_pci_address("0000:c1:00.0"));
+        for bad in [
+            "",
+            "0000:c1:00.8",
+            "../../../etc",
+            "0000:C1:00.0",
+            "0000:c1:00.0/..",
+            "0000:c1:0.0",
+        ] {
+            assert!(!valid_pci_address(bad), "{bad:?}");
+        }
+    }
+}
