@@ -4,6 +4,7 @@
 //! could not be reached, …; one line per problem on stderr); 2 usage error
 //! (unknown command or flag, missing argument).
 
+mod host;
 mod summary;
 
 use std::io::Write;
@@ -31,6 +32,9 @@ pub struct Cli {
     /// Configuration directory holding machina.conf.json and machine.conf.d/.
     #[arg(long, global = true, value_name = "DIR", default_value = config::DEFAULT_CONFIG_DIR, env = "MACHINA_CONFIG_DIR")]
     pub config_dir: PathBuf,
+    /// Directory of launch plans.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PLAN_DIR)]
+    pub plan_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,9 +70,17 @@ enum Command {
         /// Write under this directory instead of / (for another host).
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
-        /// Directory of launch plans (below --root).
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_PLAN_DIR)]
-        plan_dir: PathBuf,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Runs a virtual machine in the foreground through the launcher, without systemd.
+    Run {
+        /// The machine.
+        machine: String,
+    },
+    /// Removes host resources left by a virtual machine (run by the unit's ExecStopPost).
+    Teardown {
         /// Machines.
         #[arg(required = true)]
         machines: Vec<String>,
@@ -148,7 +160,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliError> {
+pub(crate) fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliError> {
     names
         .iter()
         .map(|n| MachineName::new(n.as_str()).map_err(|e| CliError(e.to_string())))
@@ -157,7 +169,10 @@ fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliError> {
 
 /// Loads the host file and builds each named machine, stopping at the first
 /// error.
-fn load_all(dir: &ConfigDir, names: &[String]) -> Result<(HostFile, Vec<Machine>), CliError> {
+pub(crate) fn load_all(
+    dir: &ConfigDir,
+    names: &[String],
+) -> Result<(HostFile, Vec<Machine>), CliError> {
     let host = dir.load_host()?;
     let machines = machine_names(names)?
         .iter()
@@ -197,16 +212,17 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Generate {
             preview,
             root,
-            plan_dir,
             machines,
         } => generate(
             &dir,
             &machines,
             preview,
             root.as_deref(),
-            &plan_dir,
+            &cli.plan_dir,
             &mut out,
         )?,
+        Command::Run { machine } => return host::run(&dir, &cli.plan_dir, &machine),
+        Command::Teardown { machines } => return host::teardown(&cli.plan_dir, &machines),
         Command::GenId => writeln!(out, "{}", uuid::Uuid::new_v4())?,
         Command::GenMac => writeln!(out, "{}", crate::identity::random_mac())?,
         Command::Schema { kind } => {
