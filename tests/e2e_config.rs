@@ -7,79 +7,12 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::launch::{self as l};
-use common::netns::{unique, NetNs};
-use serde_json::json;
-
-/// A temporary configuration: a host file whose pool is in a temp dir and
-/// whose bridge is `br0` (inside the test's namespace), and one VM.
-struct Setup {
-    dir: PathBuf,
-    vm: String,
-}
-
-impl Setup {
-    fn new(qemu: &Path) -> Setup {
-        let tag = unique();
-        let dir = PathBuf::from(format!("/tmp/machina-e2e-{tag}"));
-        std::fs::create_dir_all(dir.join("config/machine.conf.d")).unwrap();
-        std::fs::create_dir_all(dir.join("pool")).unwrap();
-        let vm = format!("e2e-{}", tag.replace('-', "x"));
-        let host = json!({
-            "qemu": {"binary": qemu, "cpu-model": "qemu64", "vhost": false, "nic-option-rom": false},
-            "storage": {"disks": {"path": dir.join("pool"), "pattern": "${machine-name}-${volume}.raw", "type": "raw"}},
-            "network": {"lan": {"device": "br0"}},
-            "tag": {"small": {"attrs": {"memory": {"ram": 128}, "qmp": {"enabled": true}}}}
-        });
-        let machine = json!({
-            "id": uuid::Uuid::new_v4(),
-            "tags": ["small"],
-            "volumes": [{"name": "os", "storage": "disks", "bootable": true}],
-            "connections": [{"name": "0", "network": "lan"}]
-        });
-        std::fs::write(dir.join("config/machina.conf.json"), host.to_string()).unwrap();
-        std::fs::write(
-            dir.join(format!("config/machine.conf.d/{vm}.conf.json")),
-            machine.to_string(),
-        )
-        .unwrap();
-        let disk = dir.join(format!("pool/{vm}-os.raw"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        std::fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        Setup { dir, vm }
-    }
-
-    /// Runs machina with this config; plans live under `<dir>/root` (as
-    /// `gen --root` writes them).
-    fn machina(&self, args: &[&str]) -> std::process::Output {
-        let mut c = Command::new(common::bin("machina"));
-        c.arg("--config-dir").arg(self.dir.join("config"));
-        if args[0] != "gen" {
-            c.arg("--plan-dir")
-                .arg(self.dir.join("root/etc/machina/launch"));
-        }
-        c.args(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    fn plan_path(&self) -> PathBuf {
-        self.dir
-            .join(format!("root/etc/machina/launch/{}.json", self.vm))
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = self.machina(&["teardown", &self.vm]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::netns::NetNs;
+use common::vm::Setup;
 
 fn ok(o: std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -5,6 +5,7 @@
 //! (unknown command or flag, missing argument).
 
 mod host;
+mod qmp;
 mod summary;
 
 use std::io::Write;
@@ -85,6 +86,42 @@ enum Command {
         #[arg(required = true)]
         machines: Vec<String>,
     },
+    /// Sends a shutdown command (ACPI power button) to virtual machines.
+    Shutdown {
+        /// Use the QMP socket reserved for systemd.
+        #[arg(long)]
+        system: bool,
+        /// Wait for the virtual machines to stop before returning.
+        #[arg(long)]
+        wait: bool,
+        /// Send QUIT if a machine has not stopped after this long (e.g. 1m25s). Implies --wait.
+        #[arg(long, value_name = "DURATION", value_parser = qmp::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Reports QMP events for virtual machines until their sockets close or Ctrl-C.
+    Observe {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Queries running virtual machines over QMP.
+    Query {
+        /// What to describe.
+        #[arg(value_enum)]
+        what: QueryKind,
+        /// One compact JSON object per machine.
+        #[arg(long)]
+        json: bool,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
     /// Generates a random machine identifier.
     GenId,
     /// Generates a random MAC hardware address.
@@ -97,6 +134,14 @@ enum Command {
     },
     /// Displays machina version information.
     Version,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum QueryKind {
+    /// The PCI bus (query-pci).
+    Pci,
+    /// The virtual CPUs (query-cpus-fast).
+    Cpu,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -223,6 +268,24 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         )?,
         Command::Run { machine } => return host::run(&dir, &cli.plan_dir, &machine),
         Command::Teardown { machines } => return host::teardown(&cli.plan_dir, &machines),
+        Command::Shutdown {
+            system,
+            wait,
+            timeout,
+            machines,
+        } => return qmp::shutdown(&dir, &machines, system, wait, timeout),
+        Command::Observe { json, machines } => return qmp::observe(&dir, &machines, json),
+        Command::Query {
+            what,
+            json,
+            machines,
+        } => {
+            let what = match what {
+                QueryKind::Pci => crate::qmp::Query::Pci,
+                QueryKind::Cpu => crate::qmp::Query::Cpus,
+            };
+            return qmp::query(&dir, &machines, what, json);
+        }
         Command::GenId => writeln!(out, "{}", uuid::Uuid::new_v4())?,
         Command::GenMac => writeln!(out, "{}", crate::identity::random_mac())?,
         Command::Schema { kind } => {

@@ -93,3 +93,4 @@ pub fn golden_dir() -> PathBuf {
 
 pub mod launch;
 pub mod netns;
+pub mod vm;

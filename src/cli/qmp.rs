@@ -1,0 +1,237 @@
+//! Commands that talk to running VMs over QMP: `shutdown`, `observe` and
+//! `query`. VMs are handled in parallel; every command is bounded in time
+//! and the exit code says whether each VM did what was asked (the Go
+//! program always exited 0).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{load_all, CliError, EXIT_FAILURE};
+use crate::config::{ConfigDir, Machine};
+use crate::qmp::{self, Options, Query, ShutdownOptions, ShutdownOutcome};
+
+/// The sockets a command uses: the one reserved for systemd, or the two
+/// command sockets (QEMU serves one client per socket, so the second is a
+/// spare while something else holds the first).
+pub fn sockets(m: &Machine, system: bool) -> Result<Vec<PathBuf>, CliError> {
+    if m.qmp_sockets.len() < 3 {
+        return Err(CliError(format!(
+            "{}: no QMP socket available (set attrs.qmp.enabled in its configuration, then `machina gen` and restart it)",
+            m.name
+        )));
+    }
+    Ok(if system {
+        vec![m.qmp_sockets[0].clone()]
+    } else {
+        m.qmp_sockets[1..3].to_vec()
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError(format!("cannot start the async runtime: {e}")))
+}
+
+/// Parses a Go duration (`1m25s`, `7s`, `1.5h`, `300ms`); a bare number is
+/// refused, as by the Go program.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err =
+        || format!("invalid duration {s:?} (use a number with a unit, e.g. 90s, 1m25s, 500ms)");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if n == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..n].parse().map_err(|_| err())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        total += value * scale;
+        rest = &rest[u..];
+    }
+    if !total.is_finite() || total > 1e9 {
+        return Err(err());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// `machina shutdown`.
+pub fn shutdown(
+    dir: &ConfigDir,
+    names: &[String],
+    system: bool,
+    wait: bool,
+    timeout: Option<Duration>,
+) -> Result<i32, CliError> {
+    let (_, machines) = load_all(dir, names)?;
+    let rt = runtime()?;
+    let opts = ShutdownOptions {
+        wait,
+        timeout,
+        ..ShutdownOptions::default()
+    };
+    let results = rt.block_on(async {
+        let tasks = machines.iter().map(|m| {
+            let opts = opts.clone();
+            async move {
+                let socks = match sockets(m, system) {
+                    Ok(s) => s,
+                    Err(e) => return Err(e.0),
+                };
+                let name = m.name.as_str();
+                qmp::shutdown(name, &socks, &opts, |line| println!("{line}"))
+                    .await
+                    .map_err(|e| format!("{name}: Failed to shut down: {e}"))
+            }
+        });
+        tokio::select! {
+            r = futures_join_all(tasks) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(results) = results else {
+        eprintln!("machina: shutdown interrupted");
+        return Ok(EXIT_FAILURE);
+    };
+    let mut code = 0;
+    for r in results {
+        match r {
+            Ok(ShutdownOutcome::Issued) | Ok(ShutdownOutcome::Completed { .. }) => {}
+            Err(e) => {
+                eprintln!("machina: {e}");
+                code = EXIT_FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `machina observe`: streams events until every socket closes or Ctrl-C.
+pub fn observe(dir: &ConfigDir, names: &[String], json: bool) -> Result<i32, CliError> {
+    let (_, machines) = load_all(dir, names)?;
+    let rt = runtime()?;
+    let results = rt.block_on(async {
+        let tasks = machines.iter().map(|m| async move {
+            let socks = sockets(m, false).map_err(|e| e.0)?;
+            let name = m.name.as_str();
+            qmp::observe(name, &socks, json, &Options::default(), |line| {
+                println!("{line}")
+            })
+            .await
+            .map_err(|e| format!("Failed to observe {name}: {e}"))
+        });
+        tokio::select! {
+            r = futures_join_all(tasks) => r,
+            _ = tokio::signal::ctrl_c() => Vec::new(),
+        }
+    });
+    let mut code = 0;
+    for r in results {
+        if let Err(e) = r {
+            eprintln!("machina: {e}");
+            code = EXIT_FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+/// `machina query pci|cpu`.
+pub fn query(dir: &ConfigDir, names: &[String], what: Query, json: bool) -> Result<i32, CliError> {
+    let (_, machines) = load_all(dir, names)?;
+    let rt = runtime()?;
+    let results = rt.block_on(futures_join_all(machines.iter().map(|m| async move {
+        let socks = sockets(m, false).map_err(|e| e.0)?;
+        qmp::query(&socks, what, &Options::default())
+            .await
+            .map_err(|e| format!("Failed to query {}: {e}", m.name))
+    })));
+    let mut code = 0;
+    for (m, r) in machines.iter().zip(results) {
+        match r {
+            Ok(v) if json => println!(
+                "{}",
+                serde_json::json!({"vm": m.name.as_str(), "return": v})
+            ),
+            Ok(v) => {
+                println!("----{}----", m.name);
+                println!("{}", qmp::pretty_tabs(&v));
+            }
+            Err(e) => {
+                eprintln!("machina: {e}");
+                code = EXIT_FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Runs futures concurrently on the current task and collects their
+/// outputs in order (a few lines instead of a dependency on `futures`).
+pub async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1m25s"), Ok(Duration::from_secs(85)));
+        assert_eq!(parse_duration("7s"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["5", "", "s", "1x", "-1s", "1m25"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
