@@ -6,6 +6,8 @@
 //! `MACHINA_REQUIRE_PRIVILEGED=1` (set in CI) a skip is a failure.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::io::Write;
 use std::path::PathBuf;
 
