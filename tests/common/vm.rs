@@ -20,23 +20,32 @@ pub struct Setup {
 impl Setup {
     /// A VM with one raw disk and one NIC on `br0`, 128 MiB, QMP on.
     pub fn new(qemu: &Path) -> Setup {
+        Setup::with(qemu, |_, _| {})
+    }
+
+    /// As [`Setup::new`], with the host and machine JSON adjusted by `f`.
+    pub fn with(
+        qemu: &Path,
+        f: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+    ) -> Setup {
         let tag = unique();
         let dir = PathBuf::from(format!("/tmp/machina-e2e-{tag}"));
         std::fs::create_dir_all(dir.join("config/machine.conf.d")).unwrap();
         std::fs::create_dir_all(dir.join("pool")).unwrap();
         let vm = format!("e2e-{}", tag.replace('-', "x"));
-        let host = json!({
+        let mut host = json!({
             "qemu": {"binary": qemu, "cpu-model": "qemu64", "vhost": false, "nic-option-rom": false},
             "storage": {"disks": {"path": dir.join("pool"), "pattern": "${machine-name}-${volume}.raw", "type": "raw"}},
             "network": {"lan": {"device": "br0"}},
             "tag": {"small": {"attrs": {"memory": {"ram": 128}, "qmp": {"enabled": true}}}}
         });
-        let machine = json!({
+        let mut machine = json!({
             "id": uuid::Uuid::new_v4(),
             "tags": ["small"],
             "volumes": [{"name": "os", "storage": "disks", "bootable": true}],
             "connections": [{"name": "0", "network": "lan"}]
         });
+        f(&mut host, &mut machine);
         std::fs::write(dir.join("config/machina.conf.json"), host.to_string()).unwrap();
         std::fs::write(
             dir.join(format!("config/machine.conf.d/{vm}.conf.json")),
