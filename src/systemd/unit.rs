@@ -553,6 +553,9 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
         line("IPAddressDeny=any");
     }
     line("SystemCallFilter=@system-service");
+    // seccomp(2) is in no group: QEMU probes it at startup and silently
+    // drops its own `-sandbox` option when the probe fails.
+    line("SystemCallFilter=seccomp");
     if !memlock {
         // setrlimit() is needed only to raise RLIMIT_MEMLOCK for vfio.
         line("SystemCallFilter=~@resources");
@@ -619,7 +622,7 @@ mod tests {
         assert_eq!(lines(&u, "IPAddressDeny"), ["any"]);
         assert_eq!(
             lines(&u, "SystemCallFilter"),
-            ["@system-service", "~@resources"]
+            ["@system-service", "seccomp", "~@resources"]
         );
         assert_eq!(lines(&u, "DeviceAllow"), ["/dev/kvm rw", "/dev/net/tun rw"]);
         assert!(lines(&u, "ReadWritePaths").is_empty());
@@ -678,7 +681,10 @@ mod tests {
             ["AF_UNIX AF_NETLINK AF_INET AF_INET6"]
         );
         assert_eq!(lines(&u, "IPAddressAllow"), ["localhost"]);
-        assert_eq!(lines(&u, "SystemCallFilter"), ["@system-service"]);
+        assert_eq!(
+            lines(&u, "SystemCallFilter"),
+            ["@system-service", "seccomp"]
+        );
         let dev = lines(&u, "DeviceAllow");
         for want in [
             "/dev/vhost-net rw",

@@ -6,6 +6,8 @@
 //! `MACHINA_REQUIRE_PRIVILEGED=1` (set in CI) a skip is a failure.
 #![allow(dead_code)]
 
+pub mod nspawn;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -35,10 +37,13 @@ pub fn is_root() -> bool {
 
 /// The QEMU binary, if installed.
 pub fn qemu_binary() -> Option<PathBuf> {
-    ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/local/bin/qemu-system-x86_64",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Checks root, `/dev/kvm` (group-accessible), `/dev/net/tun` and QEMU.
