@@ -298,9 +298,8 @@ impl Drop for Container {
         eprintln!("nspawn {}: stopped in {:?}", self.name, start.elapsed());
         // nspawn leaves this behind (/run is not a tmpfs on these hosts).
         let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.name));
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
+        // Failures already carry the log's tail or the unit's journal.
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
