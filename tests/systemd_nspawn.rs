@@ -97,6 +97,19 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
 /// The stand-ins. `payload` is what the launcher stand-in finally execs, as
 /// the VM's uid with every capability dropped and no_new_privs set.
 fn write_stubs(dir: &Path, vm: &str, log: &str, extra_groups: &str, payload: &str) {
+    write_stubs_probing(dir, vm, log, extra_groups, payload, "")
+}
+
+/// [`write_stubs`] with an extra bash snippet run among the probes (its
+/// output goes to the log).
+fn write_stubs_probing(
+    dir: &Path,
+    vm: &str,
+    log: &str,
+    extra_groups: &str,
+    payload: &str,
+    probe: &str,
+) {
     use std::os::unix::fs::PermissionsExt;
     let rt = format!("/run/machina/{vm}");
     let launch = format!(
@@ -113,6 +126,7 @@ rt={rt}
   touch /var/lib/mt/other 2>/dev/null && echo "probe: grant dir writable" || echo "probe: grant dir read-only"
   echo "probe: grant append" >> {log} || echo "probe: grant not writable"
   ls /home >/dev/null 2>&1 && echo "probe: /home listed" || echo "probe: /home hidden"
+{probe}
 }} >> {log} 2>&1
 # Subdirectory first: once the VM owns $rt, root (without
 # CAP_DAC_OVERRIDE) can no longer create anything in it.
@@ -466,4 +480,106 @@ fn qemu_runs_under_the_unit_sandbox_kvm_and_tcg() {
         assert_eq!(st.result, "success", "{vm}: {st:?}");
         eprintln!("{vm}: orderly stop through QMP took {took:?}");
     }
+}
+
+/// Mediated devices against a fake sysfs tree: the stand-in launcher can
+/// write the parent's `mdev_supported_types/*/create` and reach the device
+/// directory created below the parent (for `remove`), through the
+/// `bus/pci/devices` symlink as the real launcher does, while every other
+/// device stays read-only; systemd applies the memlock limit.
+#[test]
+fn mdev_parent_is_the_only_writable_sysfs_device() {
+    const TEST: &str = "mdev_parent_is_the_only_writable_sysfs_device";
+    let bin = TempDir::new("nspawn-mdev");
+    let vm = "mtgpu";
+    let log = "/var/lib/mt/vm.log";
+    let sys = "/var/lib/mt/sys";
+    let parent = "0000:c1:00.0";
+    let uuid = "4b9c1a52-7c39-4f1d-9c5e-2f5a0b0d6c11";
+    let probe = format!(
+        r#"
+  d={sys}/bus/pci/devices/{parent}
+  echo {uuid} > $d/mdev_supported_types/nvidia-1/create && echo "probe: create written" || echo "probe: create refused"
+  mkdir $d/{uuid} && echo 1 > $d/{uuid}/remove && echo "probe: mdev remove written" || echo "probe: mdev remove refused"
+  echo 1 > {sys}/bus/pci/devices/0000:00:02.0/remove 2>/dev/null && echo "probe: other device written" || echo "probe: other device read-only"
+  echo "probe: memlock $(ulimit -l)"
+"#
+    );
+    write_stubs_probing(
+        &bin.0,
+        vm,
+        log,
+        "--clear-groups",
+        &format!("/usr/bin/python3 {BIN_MOUNT}/fake-qemu.py /run/machina/{vm}/qmp/systemd.0.qmp.socket {log}"),
+        &probe,
+    );
+    let Some(c) = Container::boot(TEST, &bin.0) else {
+        return;
+    };
+    c.write_file(log, "", 0o666);
+    for dev in [parent, "0000:00:02.0"] {
+        c.write_file(
+            &format!("{sys}/devices/pci0000:00/{dev}/mdev_supported_types/nvidia-1/create"),
+            "",
+            0o200,
+        );
+        c.write_file(&format!("{sys}/devices/pci0000:00/{dev}/remove"), "", 0o200);
+        let link = c.path(&format!("{sys}/bus/pci/devices/{dev}"));
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(format!("../../../devices/pci0000:00/{dev}"), &link).unwrap();
+    }
+    let mut p = plan(vm, &["-enable-kvm"], log);
+    p.mdevs.push(machina::plan::Mdev {
+        uuid: uuid.parse().unwrap(),
+        sysfs_root: sys.into(),
+        parents: vec![machina::plan::MdevParent {
+            address: parent.into(),
+            type_name: "GRID RTX8000-6Q".into(),
+            placements: vec![],
+            heterogeneous: false,
+        }],
+    });
+    p.memlock = Some(4 << 20);
+    let unit = unit_name(&p.machine);
+    c.write_unit(&unit, &render(&p, &options(&p)).unwrap());
+    c.daemon_reload();
+    let sc = c.systemctl();
+    sc.run(Verb::Start, std::slice::from_ref(&unit))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.journal(&unit)));
+    let log_host = c.path(log);
+    wait_for(
+        &c,
+        &unit,
+        "the stand-in to listen",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log_host)
+                .unwrap()
+                .contains("server: listening")
+        },
+    );
+    let seen = std::fs::read_to_string(&log_host).unwrap();
+    for want in [
+        "probe: create written",
+        "probe: mdev remove written",
+        "probe: other device read-only",
+        // 4 MiB in KiB.
+        "probe: memlock 4096",
+    ] {
+        assert!(seen.contains(want), "{want:?} in\n{seen}");
+    }
+    let props = show(&c, &unit, "DeviceAllow,CapabilityBoundingSet,LimitMEMLOCK");
+    assert!(props["DeviceAllow"].contains("char-vfio rw"), "{props:?}");
+    assert!(
+        props["DeviceAllow"].contains("/dev/vfio/vfio rw"),
+        "{props:?}"
+    );
+    assert_eq!(
+        props["CapabilityBoundingSet"],
+        "cap_chown cap_fowner cap_setgid cap_setuid cap_setpcap cap_net_admin"
+    );
+    assert_eq!(props["LimitMEMLOCK"], "4194304");
+    sc.run(Verb::Stop, std::slice::from_ref(&unit)).unwrap();
+    let st = &sc.status(std::slice::from_ref(&unit)).unwrap()[0];
+    assert_eq!(st.result, "success", "{st:?}");
 }

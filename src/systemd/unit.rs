@@ -258,6 +258,10 @@ pub struct InetUse {
     pub loopback_only: bool,
 }
 
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]")
+}
+
 /// Scans QEMU's argv for options that need IP sockets.
 pub fn inet_use(args: &[String]) -> InetUse {
     let mut inet = false;
@@ -289,7 +293,7 @@ pub fn inet_use(args: &[String]) -> InetUse {
                     for key in ["addr=", "host=", "localaddr="] {
                         if let Some(v) = p.strip_prefix(key) {
                             names_addr = true;
-                            if !matches!(v, "127.0.0.1" | "localhost" | "::1" | "[::1]") {
+                            if !is_loopback(v) {
                                 loopback_only = false;
                             }
                         }
@@ -304,10 +308,11 @@ pub fn inet_use(args: &[String]) -> InetUse {
                         .trim_start_matches("udp:")
                         .trim_start_matches("telnet:")
                         .trim_start_matches("websocket:");
-                    match spec.rsplit_once(':') {
-                        Some((host, _))
-                            if matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]") => {}
-                        _ => loopback_only = false,
+                    if !spec
+                        .rsplit_once(':')
+                        .is_some_and(|(host, _)| is_loopback(host))
+                    {
+                        loopback_only = false;
                     }
                 }
             }
@@ -337,7 +342,7 @@ fn under_home(p: &Path) -> bool {
 /// Renders `machina-qemu-<vm>.service` for `plan`.
 ///
 /// The sandbox is derived from the plan: capabilities for vfio only when the
-/// plan has mediated devices or a memlock limit, device nodes only for what
+/// plan has mediated devices, the memlock limit set by systemd, device nodes only for what
 /// the plan uses, writable paths only for the VM's own files,
 /// `MemoryDenyWriteExecute=` only when QEMU runs KVM-only, IP sockets only
 /// when QEMU listens on TCP.
@@ -364,7 +369,6 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     };
 
     let vfio = !plan.mdevs.is_empty();
-    let memlock = vfio || plan.memlock.is_some();
     let vhost = plan.taps.iter().any(|t| !t.vhost_fds.is_empty());
     let kvm = kvm_only(&plan.qemu.args);
     let net = inet_use(&plan.qemu.args);
@@ -432,21 +436,20 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line("RuntimeDirectoryMode=0750");
     line("RuntimeDirectoryPreserve=no");
     line("UMask=0077");
+    if let Some(bytes) = plan.memlock {
+        // vfio pins all guest memory.
+        line(&format!("LimitMEMLOCK={bytes}"));
+    }
 
     // Privileges: root, but only the capabilities the launcher uses, none
     // ambient, and no way to gain more.
-    let mut caps = vec![
-        "CAP_NET_ADMIN",
-        "CAP_CHOWN",
-        "CAP_FOWNER",
-        "CAP_SETUID",
-        "CAP_SETGID",
-        "CAP_SETPCAP",
-    ];
-    if memlock {
-        caps.extend(["CAP_SYS_RESOURCE", "CAP_IPC_LOCK"]);
-    }
-    line(&format!("CapabilityBoundingSet={}", caps.join(" ")));
+    // CAP_SYS_RESOURCE and CAP_IPC_LOCK are not needed even with vfio:
+    // systemd sets RLIMIT_MEMLOCK (soft = hard) before the launcher runs,
+    // QEMU inherits it, and QEMU holds no capability anyway. The launcher
+    // may still set the same limit (no capability needed for that).
+    line(
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP",
+    );
     line("AmbientCapabilities=");
     line("NoNewPrivileges=yes");
 
@@ -556,10 +559,9 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     // seccomp(2) is in no group: QEMU probes it at startup and silently
     // drops its own `-sandbox` option when the probe fails.
     line("SystemCallFilter=seccomp");
-    if !memlock {
-        // setrlimit() is needed only to raise RLIMIT_MEMLOCK for vfio.
-        line("SystemCallFilter=~@resources");
-    }
+    // setrlimit(2) is in @resources, but glibc's setrlimit() uses
+    // prlimit64(2), which @system-service keeps.
+    line("SystemCallFilter=~@resources");
     line("SystemCallErrorNumber=EPERM");
     line("");
     line("[Install]");
@@ -671,7 +673,11 @@ mod tests {
             shared: true,
         });
         let u = render(&p, &UnitOptions::new(&p)).unwrap();
-        assert!(lines(&u, "CapabilityBoundingSet")[0].ends_with("CAP_SYS_RESOURCE CAP_IPC_LOCK"));
+        assert_eq!(
+            lines(&u, "CapabilityBoundingSet"),
+            ["CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP"]
+        );
+        assert_eq!(lines(&u, "LimitMEMLOCK"), ["1073741824"]);
         assert!(
             lines(&u, "MemoryDenyWriteExecute").is_empty(),
             "TCG needs W+X"
@@ -683,7 +689,7 @@ mod tests {
         assert_eq!(lines(&u, "IPAddressAllow"), ["localhost"]);
         assert_eq!(
             lines(&u, "SystemCallFilter"),
-            ["@system-service", "seccomp"]
+            ["@system-service", "seccomp", "~@resources"]
         );
         let dev = lines(&u, "DeviceAllow");
         for want in [
