@@ -6,6 +6,44 @@
 //! dropped to the VM's uid) inherits the same sandbox, and so do `ExecStop=`
 //! (`machina shutdown`) and `ExecStopPost=` (`machina teardown`).
 //!
+//! # Stopping through QMP without `CAP_DAC_OVERRIDE`
+//!
+//! QEMU runs as the VM's uid with umask 0077, so its QMP sockets in
+//! `/run/machina/<vm>/qmp` are mode 0700, owned by that uid, and root without
+//! `CAP_DAC_OVERRIDE` (which this unit never has) could not connect to them.
+//! It does not need to: the runtime directory is a `RuntimeDirectory=`, and
+//! before running each `Exec*=` line systemd hands it, recursively, back to
+//! the unit's user (root), as systemd.exec(5) documents ("their file
+//! ownership recursively changed to match what is configured"). So when
+//! `ExecStop=` runs, the sockets belong to root and `machina shutdown`
+//! connects as their owner; QEMU keeps its already-listening sockets. This
+//! avoids both a `+` prefix (which would run the QMP client, a parser of
+//! untrusted input, with every privilege and no sandbox) and any group
+//! trick that would need a setgid directory (refused by
+//! `RestrictSUIDSGID=`). The nspawn tests check it with a real systemd.
+//!
+//! # What the launcher must do inside this sandbox
+//!
+//! - Create `qmp/` (and anything else) in the runtime directory *before*
+//!   chowning the directory to the VM: afterwards root, lacking
+//!   `CAP_DAC_OVERRIDE`, can no longer create entries in it.
+//! - Write only to the runtime directory, the plan's grants, `/dev` nodes
+//!   bound in and the mdev parents' sysfs directories: the rest of the
+//!   file system is read-only. Locks: a per-VM lock inside the runtime
+//!   directory; a host-wide lock by `flock(2)` on an fd opened read-only
+//!   (e.g. the directory `/run/machina`), which needs no write access.
+//! - Raise nothing above the unit's limits: `RLIMIT_MEMLOCK` is already set
+//!   to the plan's `memlock` by `LimitMEMLOCK=` (setting the same value
+//!   again is allowed; raising the hard limit is not, there is no
+//!   `CAP_SYS_RESOURCE`).
+//! - Use `AF_UNIX` and `AF_NETLINK` sockets only (also for interface
+//!   ioctls): `AF_INET` is refused unless QEMU listens on TCP.
+//! - Set no setuid/setgid bit (`RestrictSUIDSGID=`).
+//! - `ExecStopPost=` (`machina teardown`) runs in the same sandbox after
+//!   systemd has killed every process left in the unit's cgroup; it cannot
+//!   see or signal other uids' processes (`ProtectProc=invisible`, no
+//!   `CAP_KILL`), and has no need to.
+//!
 //! Every value is escaped for systemd (`%` → `%%`, `$` → `$$` on command
 //! lines, quoting per systemd.syntax(7)), and a value that cannot be written
 //! safely (a control character, a newline, a path that is not UTF-8 or not
@@ -525,7 +563,17 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     for p in &rw {
         line(&format!("ReadWritePaths=-{}", escape_word(p, false)));
     }
-    line("PrivateTmp=yes");
+    if plan
+        .grants
+        .iter()
+        .any(|g| g.path.starts_with("/tmp") || g.path.starts_with("/var/tmp"))
+    {
+        // A grant in /tmp would be hidden by a private /tmp; the shared one
+        // stays, read-only like the rest of the system (ProtectSystem=strict).
+        line("PrivateTmp=no");
+    } else {
+        line("PrivateTmp=yes");
+    }
     line("PrivateIPC=yes");
     line("PrivateMounts=yes");
     line("ProtectKernelTunables=yes");
@@ -776,6 +824,21 @@ mod tests {
         });
         let u = render(&p, &UnitOptions::new(&p)).unwrap();
         assert_eq!(lines(&u, "ProtectHome"), ["read-only"]);
+    }
+
+    #[test]
+    fn tmp_grants_keep_the_shared_tmp() {
+        let mut p = plan(&["-enable-kvm"]);
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert_eq!(lines(&u, "PrivateTmp"), ["yes"]);
+        p.grants.push(Grant {
+            path: "/var/tmp/vm1/os.qcow2".into(),
+            access: Access::ReadWrite,
+            shared: false,
+        });
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert_eq!(lines(&u, "PrivateTmp"), ["no"]);
+        assert_eq!(lines(&u, "ReadWritePaths"), ["-/var/tmp/vm1/os.qcow2"]);
     }
 
     #[test]
