@@ -613,3 +613,129 @@ fn mdev_parent_is_the_only_writable_sysfs_device() {
     let st = &sc.status(std::slice::from_ref(&unit)).unwrap()[0];
     assert_eq!(st.result, "success", "{st:?}");
 }
+
+/// A loop device on the host, detached (and its backing file removed) on
+/// drop.
+struct Loop {
+    dev: std::path::PathBuf,
+    file: std::path::PathBuf,
+}
+
+impl Loop {
+    fn new(tag: &str) -> Option<Loop> {
+        let file = std::env::temp_dir().join(format!("machina-loop-{tag}-{}", std::process::id()));
+        std::fs::write(&file, vec![0u8; 1 << 20]).ok()?;
+        let out = std::process::Command::new("/usr/sbin/losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&file);
+            return None;
+        }
+        let dev = String::from_utf8_lossy(&out.stdout).trim().into();
+        Some(Loop { dev, file })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/sbin/losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Block-device grants under the real device cgroup: a read-write grant
+/// opens read-write, a read-only grant opens read-only but not for writing
+/// (EPERM from DeviceAllow=, although the node's mode would allow it), and
+/// a device bound into the container but not granted is absent from the
+/// unit's private /dev.
+#[test]
+fn block_device_grants_follow_device_allow() {
+    const TEST: &str = "block_device_grants_follow_device_allow";
+    if !common::is_root() || !Path::new("/dev/loop-control").exists() {
+        return common::skip(
+            TEST,
+            "needs root and /dev/loop-control for test block devices",
+        );
+    }
+    let (Some(rw), Some(ro), Some(other)) = (Loop::new("rw"), Loop::new("ro"), Loop::new("other"))
+    else {
+        return common::skip(TEST, "cannot create loop devices");
+    };
+    let bin = TempDir::new("nspawn-blk");
+    let vm = "mtblk";
+    let log = "/var/lib/mt/vm.log";
+    let (a, b, o) = (
+        rw.dev.display().to_string(),
+        ro.dev.display().to_string(),
+        other.dev.display().to_string(),
+    );
+    let probe = format!(
+        r#"
+  exec 3<>{a} && echo "probe: rw grant opened rw" || echo "probe: rw grant refused"; exec 3>&-
+  exec 3<{b} && echo "probe: ro grant opened ro" || echo "probe: ro grant refused"; exec 3<&-
+  (exec 3<>{b}) 2>&1 | grep -q "Operation not permitted" && echo "probe: ro grant write EPERM"
+  [ -e {o} ] && echo "probe: other visible" || echo "probe: other absent"
+"#
+    );
+    write_stubs_probing(
+        &bin.0,
+        vm,
+        log,
+        "--clear-groups",
+        &format!("/usr/bin/python3 {BIN_MOUNT}/fake-qemu.py /run/machina/{vm}/qmp/systemd.0.qmp.socket {log}"),
+        &probe,
+    );
+    let Some(c) = Container::boot_with(TEST, &bin.0, &[&rw.dev, &ro.dev, &other.dev]) else {
+        return;
+    };
+    c.write_file(log, "", 0o666);
+    let mut p = plan(vm, &["-enable-kvm"], log);
+    p.grants.push(Grant {
+        path: rw.dev.clone(),
+        access: Access::ReadWrite,
+        shared: false,
+    });
+    p.grants.push(Grant {
+        path: ro.dev.clone(),
+        access: Access::ReadOnly,
+        shared: false,
+    });
+    let unit = unit_name(&p.machine);
+    c.write_unit(&unit, &render(&p, &options(&p)).unwrap());
+    c.daemon_reload();
+    let sc = c.systemctl();
+    sc.run(Verb::Start, std::slice::from_ref(&unit))
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.journal(&unit)));
+    let log_host = c.path(log);
+    wait_for(
+        &c,
+        &unit,
+        "the stand-in to listen",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log_host)
+                .unwrap()
+                .contains("server: listening")
+        },
+    );
+    let seen = std::fs::read_to_string(&log_host).unwrap();
+    for want in [
+        "probe: rw grant opened rw",
+        "probe: ro grant opened ro",
+        "probe: ro grant write EPERM",
+        "probe: other absent",
+    ] {
+        assert!(
+            seen.contains(want),
+            "{want:?} in\n{seen}\n{}",
+            c.journal(&unit)
+        );
+    }
+    sc.run(Verb::Stop, std::slice::from_ref(&unit)).unwrap();
+}

@@ -73,11 +73,17 @@ impl Container {
     /// Panics (failing the test) when the prerequisites are there but the
     /// boot fails.
     pub fn boot(test: &str, bin_dir: &Path) -> Option<Container> {
+        Container::boot_with(test, bin_dir, &[])
+    }
+
+    /// [`Container::boot`] with more host paths (device nodes) bound in at
+    /// the same place.
+    pub fn boot_with(test: &str, bin_dir: &Path, binds: &[&Path]) -> Option<Container> {
         if let Some(why) = missing_prerequisite() {
             super::skip(test, &why);
             return None;
         }
-        match Container::try_boot(bin_dir) {
+        match Container::try_boot_with(bin_dir, binds) {
             Ok(c) => Some(c),
             Err(e) => panic!("{test}: cannot boot systemd in nspawn: {e}"),
         }
@@ -86,6 +92,11 @@ impl Container {
     /// Boots a container; the error says what went wrong, with the tail of
     /// nspawn's console log.
     pub fn try_boot(bin_dir: &Path) -> Result<Container, String> {
+        Container::try_boot_with(bin_dir, &[])
+    }
+
+    /// [`Container::try_boot`] with more host paths bound in.
+    pub fn try_boot_with(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
         let name = format!(
             "mt-{}-{}",
             std::process::id(),
@@ -109,6 +120,11 @@ impl Container {
             .args(["--bind=/dev/kvm", "--bind=/dev/net/tun"])
             .arg("--system-call-filter=bpf")
             .arg(&bind)
+            .args(binds.iter().map(|p| {
+                let mut a = OsString::from("--bind=");
+                a.push(p.as_os_str());
+                a
+            }))
             .args(["--", "systemd.firstboot=off"])
             .stdin(Stdio::null())
             .stdout(logf)
