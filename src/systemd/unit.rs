@@ -516,7 +516,10 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
         }
     }
     for (p, mode) in &devices {
-        line(&format!("BindPaths=-{}", escape_word(p, false)));
+        // /dev/vfio/vfio comes with the /dev/vfio directory bound below.
+        if !Path::new(p).starts_with("/dev/vfio") {
+            line(&format!("BindPaths=-{}", escape_word(p, false)));
+        }
         line(&format!("DeviceAllow={} {mode}", escape_word(p, false)));
     }
     if vfio {
@@ -757,6 +760,16 @@ mod tests {
             ]
         );
         assert_eq!(lines(&u, "ProtectHome"), ["yes"]);
+        assert_eq!(
+            lines(&u, "BindPaths"),
+            [
+                "-/dev/kvm",
+                "-/dev/net/tun",
+                "-/dev/vhost-net",
+                "-/dev/zvol/tank/vm1",
+                "-/dev/vfio"
+            ]
+        );
     }
 
     #[test]
