@@ -1,1 +1,7 @@
-//! systemd (to be written).
+//! systemd: rendering of the VM's unit, `systemctl` control and unit status.
+
+pub mod control;
+pub mod unit;
+
+pub use control::{systemd_running, unit_status, UnitStatus};
+pub use unit::{render, unit_name, UnitError, UnitOptions};

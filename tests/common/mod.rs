@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod nspawn;
 
 use std::io::Write;
 use std::path::PathBuf;

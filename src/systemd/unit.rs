@@ -1,0 +1,926 @@
+//! Rendering of `machina-qemu-<vm>.service` from a launch plan.
+//!
+//! The unit runs `machina-launch` as root, but inside a sandbox that keeps
+//! only what the launcher needs to prepare the host for this one VM (see
+//! DESIGN.md, "The unit"). Everything the launcher execs (QEMU, after it has
+//! dropped to the VM's uid) inherits the same sandbox, and so do `ExecStop=`
+//! (`machina shutdown`) and `ExecStopPost=` (`machina teardown`).
+//!
+//! # Stopping through QMP without `CAP_DAC_OVERRIDE`
+//!
+//! QEMU runs as the VM's uid with umask 0077, so its QMP sockets in
+//! `/run/machina/<vm>/qmp` are mode 0700, owned by that uid, and root without
+//! `CAP_DAC_OVERRIDE` (which this unit never has) could not connect to them.
+//! It does not need to: the runtime directory is a `RuntimeDirectory=`, and
+//! before running each `Exec*=` line systemd hands it, recursively, back to
+//! the unit's user (root), as systemd.exec(5) documents ("their file
+//! ownership recursively changed to match what is configured"). So when
+//! `ExecStop=` runs, the sockets belong to root and `machina shutdown`
+//! connects as their owner; QEMU keeps its already-listening sockets. This
+//! avoids both a `+` prefix (which would run the QMP client, a parser of
+//! untrusted input, with every privilege and no sandbox) and any group
+//! trick that would need a setgid directory (refused by
+//! `RestrictSUIDSGID=`). The nspawn tests check it with a real systemd.
+//!
+//! # What the launcher must do inside this sandbox
+//!
+//! - Create `qmp/` (and anything else) in the runtime directory *before*
+//!   chowning the directory to the VM: afterwards root, lacking
+//!   `CAP_DAC_OVERRIDE`, can no longer create entries in it.
+//! - Write only to the runtime directory, the plan's grants, `/dev` nodes
+//!   bound in and the mdev parents' sysfs directories: the rest of the
+//!   file system is read-only. Locks: a per-VM lock inside the runtime
+//!   directory; a host-wide lock by `flock(2)` on an fd opened read-only
+//!   (e.g. the directory `/run/machina`), which needs no write access.
+//! - Raise nothing above the unit's limits: `RLIMIT_MEMLOCK` is already set
+//!   to the plan's `memlock` by `LimitMEMLOCK=` (setting the same value
+//!   again is allowed; raising the hard limit is not, there is no
+//!   `CAP_SYS_RESOURCE`).
+//! - Use `AF_UNIX` and `AF_NETLINK` sockets only (also for interface
+//!   ioctls): `AF_INET` is refused unless QEMU listens on TCP.
+//! - Set no setuid/setgid bit (`RestrictSUIDSGID=`).
+//! - `ExecStopPost=` (`machina teardown`) runs in the same sandbox after
+//!   systemd has killed every process left in the unit's cgroup; it cannot
+//!   see or signal other uids' processes (`ProtectProc=invisible`, no
+//!   `CAP_KILL`), and has no need to.
+//!
+//! Every value is escaped for systemd (`%` → `%%`, `$` → `$$` on command
+//! lines, quoting per systemd.syntax(7)), and a value that cannot be written
+//! safely (a control character, a newline, a path that is not UTF-8 or not
+//! absolute) is an error: the renderer never emits a line systemd would read
+//! differently from what the plan says.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::names::MachineName;
+use crate::plan::{Access, Plan, DEFAULT_PLAN_DIR};
+
+/// Default path of the launcher binary.
+pub const DEFAULT_LAUNCHER: &str = "/usr/bin/machina-launch";
+/// Default path of the `machina` binary.
+pub const DEFAULT_MACHINA: &str = "/usr/bin/machina";
+
+/// The unit name of a VM: `machina-qemu-<vm>.service`.
+pub fn unit_name(vm: &MachineName) -> String {
+    format!("machina-qemu-{vm}.service")
+}
+
+/// The default plan path of a VM: `/etc/machina/launch/<vm>.json`.
+pub fn default_plan_path(vm: &MachineName) -> PathBuf {
+    Path::new(DEFAULT_PLAN_DIR).join(format!("{vm}.json"))
+}
+
+/// What the unit needs besides the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitOptions {
+    /// Absolute path of `machina-launch` on the target host.
+    pub launcher: PathBuf,
+    /// Absolute path of `machina` on the target host.
+    pub machina: PathBuf,
+    /// Where the plan lives on the target host. When it is not the default
+    /// path, `ExecStart=` passes it with `--plan`.
+    pub plan_path: PathBuf,
+    /// `Description=`.
+    pub description: String,
+    /// `TimeoutStopSec=`: how long systemd waits for the whole stop.
+    pub timeout_stop: Duration,
+    /// `machina shutdown --timeout`: how long the orderly shutdown may take
+    /// before `quit`. Keep it below `timeout_stop` so `quit` comes first.
+    pub shutdown_timeout: Duration,
+}
+
+impl UnitOptions {
+    /// The Go program's defaults for `plan`'s VM: binaries in `/usr/bin`,
+    /// the plan at its default path, `machina qemu/kvm <vm>`, stop timeout
+    /// 1m30s with an orderly shutdown of 1m25s.
+    pub fn new(plan: &Plan) -> UnitOptions {
+        UnitOptions {
+            launcher: PathBuf::from(DEFAULT_LAUNCHER),
+            machina: PathBuf::from(DEFAULT_MACHINA),
+            plan_path: default_plan_path(&plan.machine),
+            description: format!("machina qemu/kvm {}", plan.machine),
+            timeout_stop: Duration::from_secs(90),
+            shutdown_timeout: Duration::from_secs(85),
+        }
+    }
+}
+
+/// Why a unit could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// A path cannot be written into a unit file.
+    #[error("unit for {vm}: {what} {path:?} {why}")]
+    BadPath {
+        /// The VM.
+        vm: String,
+        /// Which path (e.g. "grant path").
+        what: &'static str,
+        /// The path, lossily printed.
+        path: String,
+        /// Why it was refused.
+        why: &'static str,
+    },
+    /// A free-text value cannot be written into a unit file.
+    #[error("unit for {vm}: {what} {value:?} contains a control character")]
+    BadText {
+        /// The VM.
+        vm: String,
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The orderly shutdown would outlast systemd's stop timeout.
+    #[error("unit for {vm}: shutdown timeout {shutdown:?} must be shorter than the stop timeout {stop:?}")]
+    Timeouts {
+        /// The VM.
+        vm: String,
+        /// `machina shutdown --timeout`.
+        shutdown: Duration,
+        /// `TimeoutStopSec=`.
+        stop: Duration,
+    },
+}
+
+/// Formats a duration as Go's `time.Duration` does (`1m30s`, `10s`,
+/// `1h0m0s`, `1.5s`), which systemd also parses. Sub-millisecond parts are
+/// dropped.
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, frac) = (rest / 1000, rest % 1000);
+    let mut out = String::new();
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if h > 0 || m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    if frac == 0 {
+        let _ = write!(out, "{s}s");
+    } else {
+        let f = format!("{frac:03}");
+        let _ = write!(out, "{s}.{}s", f.trim_end_matches('0'));
+    }
+    out
+}
+
+/// Characters that never need quoting in a unit value.
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_@+=:,./-".contains(c)
+}
+
+/// Escapes one word for a unit file. `exec` adds `$` → `$$`, which only
+/// command lines (`Exec*=`) expand. Words with anything but plain characters
+/// are double-quoted with `\` and `"` backslash-escaped (systemd.syntax(7)).
+/// Control characters are refused by the callers before this.
+fn escape_word(s: &str, exec: bool) -> String {
+    let mut body = String::with_capacity(s.len() + 2);
+    let mut plain = !s.is_empty();
+    for c in s.chars() {
+        match c {
+            '%' => body.push_str("%%"),
+            '$' if exec => {
+                body.push_str("$$");
+                plain = false;
+            }
+            '\\' => {
+                body.push_str("\\\\");
+                plain = false;
+            }
+            '"' => {
+                body.push_str("\\\"");
+                plain = false;
+            }
+            c => {
+                if !is_plain(c) {
+                    plain = false;
+                }
+                body.push(c);
+            }
+        }
+    }
+    if plain {
+        body
+    } else {
+        format!("\"{body}\"")
+    }
+}
+
+/// Free text (`Description=`): only `%` is special; no quoting.
+fn escape_text(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+struct Renderer<'a> {
+    vm: &'a str,
+}
+
+impl Renderer<'_> {
+    /// Checks a path and returns it as an absolute, control-free string.
+    fn path<'p>(&self, what: &'static str, p: &'p Path) -> Result<&'p str, UnitError> {
+        let bad = |why| UnitError::BadPath {
+            vm: self.vm.to_owned(),
+            what,
+            path: p.to_string_lossy().into_owned(),
+            why,
+        };
+        let s = p.to_str().ok_or_else(|| bad("is not valid UTF-8"))?;
+        if !p.is_absolute() {
+            return Err(bad("is not absolute"));
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return Err(bad("contains a control character"));
+        }
+        Ok(s)
+    }
+
+    fn text(&self, what: &'static str, s: &str) -> Result<(), UnitError> {
+        if s.chars().any(|c| c.is_control()) {
+            return Err(UnitError::BadText {
+                vm: self.vm.to_owned(),
+                what,
+                value: s.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the plan's QEMU argv says about the accelerator: `true` when KVM is
+/// the only accelerator QEMU may use. QEMU's default is TCG, and TCG writes
+/// and executes its generated code, so anything not clearly KVM-only counts
+/// as TCG.
+pub fn kvm_only(args: &[String]) -> bool {
+    let mut accels: Vec<String> = Vec::new();
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-enable-kvm" => accels.push("kvm".into()),
+            "-accel" | "--accel" => {
+                if let Some(v) = it.next() {
+                    let first = v.split(',').next().unwrap_or("");
+                    let name = first.strip_prefix("accel=").unwrap_or(first);
+                    accels.extend(name.split(':').map(str::to_owned));
+                }
+            }
+            "-machine" | "--machine" | "-M" => {
+                if let Some(v) = it.next() {
+                    for p in v.split(',') {
+                        if let Some(list) = p.strip_prefix("accel=") {
+                            accels.extend(list.split(':').map(str::to_owned));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    !accels.is_empty() && accels.iter().all(|a| a == "kvm")
+}
+
+/// Network use found in QEMU's argv: whether it opens TCP/UDP sockets
+/// (spice, VNC, a TCP chardev such as the guest agent's) and whether every
+/// address it names is the loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InetUse {
+    /// Some option needs `AF_INET`/`AF_INET6`.
+    pub inet: bool,
+    /// Every such option binds to a loopback address.
+    pub loopback_only: bool,
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]")
+}
+
+/// Scans QEMU's argv for options that need IP sockets.
+pub fn inet_use(args: &[String]) -> InetUse {
+    let mut inet = false;
+    let mut loopback_only = true;
+    let mut prev: Option<&str> = None;
+    for a in args {
+        let opt = prev.unwrap_or("");
+        let is_net_opt = matches!(
+            opt,
+            "-spice" | "-vnc" | "-chardev" | "-incoming" | "-serial" | "-monitor" | "-qmp" | "-gdb"
+        );
+        if is_net_opt {
+            let params: Vec<&str> = a.split(',').collect();
+            let mut names_addr = false;
+            let tcp = opt == "-spice"
+                || opt == "-vnc"
+                || a.starts_with("tcp:")
+                || a.starts_with("udp:")
+                || a.starts_with("telnet:")
+                || a.starts_with("websocket:")
+                || (params.first() == Some(&"socket")
+                    && params
+                        .iter()
+                        .any(|p| p.starts_with("host=") || p.starts_with("port=")))
+                || (params.first() == Some(&"udp"));
+            if tcp {
+                inet = true;
+                for p in &params {
+                    for key in ["addr=", "host=", "localaddr="] {
+                        if let Some(v) = p.strip_prefix(key) {
+                            names_addr = true;
+                            if !is_loopback(v) {
+                                loopback_only = false;
+                            }
+                        }
+                    }
+                }
+                // A VNC display ("127.0.0.1:0") or a host:port form names its
+                // address before the last colon.
+                if !names_addr {
+                    let first = params.first().copied().unwrap_or("");
+                    let spec = first
+                        .trim_start_matches("tcp:")
+                        .trim_start_matches("udp:")
+                        .trim_start_matches("telnet:")
+                        .trim_start_matches("websocket:");
+                    if !spec
+                        .rsplit_once(':')
+                        .is_some_and(|(host, _)| is_loopback(host))
+                    {
+                        loopback_only = false;
+                    }
+                }
+            }
+        }
+        prev = if a.starts_with('-') {
+            Some(a.as_str())
+        } else {
+            None
+        };
+    }
+    InetUse {
+        inet,
+        loopback_only: inet && loopback_only,
+    }
+}
+
+/// Whether a grant path is a device node under `/dev` (a block device).
+fn is_dev(p: &Path) -> bool {
+    p.starts_with("/dev")
+}
+
+/// Whether a path is hidden by `ProtectHome=yes`.
+fn under_home(p: &Path) -> bool {
+    p.starts_with("/home") || p.starts_with("/root") || p.starts_with("/run/user")
+}
+
+/// Renders `machina-qemu-<vm>.service` for `plan`.
+///
+/// The sandbox is derived from the plan: capabilities for vfio only when the
+/// plan has mediated devices, the memlock limit set by systemd, device nodes only for what
+/// the plan uses, writable paths only for the VM's own files,
+/// `MemoryDenyWriteExecute=` only when QEMU runs KVM-only, IP sockets only
+/// when QEMU listens on TCP.
+pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
+    let vm = plan.machine.as_str();
+    let r = Renderer { vm };
+    let launcher = r.path("launcher path", &opts.launcher)?;
+    let machina = r.path("machina path", &opts.machina)?;
+    let plan_path = r.path("plan path", &opts.plan_path)?;
+    r.text("description", &opts.description)?;
+    if opts.shutdown_timeout >= opts.timeout_stop {
+        return Err(UnitError::Timeouts {
+            vm: vm.to_owned(),
+            shutdown: opts.shutdown_timeout,
+            stop: opts.timeout_stop,
+        });
+    }
+    let exec = |words: &[&str]| -> String {
+        words
+            .iter()
+            .map(|w| escape_word(w, true))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+
+    let vfio = !plan.mdevs.is_empty();
+    let vhost = plan.taps.iter().any(|t| !t.vhost_fds.is_empty());
+    let kvm = kvm_only(&plan.qemu.args);
+    let net = inet_use(&plan.qemu.args);
+
+    let mut u = String::new();
+    let mut line = |s: &str| {
+        u.push_str(s);
+        u.push('\n');
+    };
+
+    line(&format!(
+        "# Generated by machina for VM {vm} from its launch plan; do not edit."
+    ));
+    line("# Run `machina gen` to regenerate it after changing the configuration.");
+    line("");
+    line("[Unit]");
+    line(&format!("Description={}", escape_text(&opts.description)));
+    line("Wants=network-online.target");
+    line("After=network-online.target");
+    line("StartLimitIntervalSec=1m0s");
+    line("StartLimitBurst=2");
+    line("");
+    line("[Service]");
+    // exec: a launcher that cannot be executed fails the start instead of
+    // looking started.
+    line("Type=exec");
+    if opts.plan_path == default_plan_path(&plan.machine) {
+        line(&format!("ExecStart={}", exec(&[launcher, vm])));
+    } else {
+        line(&format!(
+            "ExecStart={}",
+            exec(&[launcher, "--plan", plan_path])
+        ));
+    }
+    let shutdown_timeout = go_duration(opts.shutdown_timeout);
+    line(&format!(
+        "ExecStop={}",
+        exec(&[
+            machina,
+            "shutdown",
+            "--system",
+            "--timeout",
+            &shutdown_timeout,
+            vm
+        ])
+    ));
+    line(&format!(
+        "ExecStopPost={}",
+        exec(&[machina, "teardown", vm])
+    ));
+    line("RestartSec=10s");
+    line(&format!(
+        "TimeoutStopSec={}",
+        go_duration(opts.timeout_stop)
+    ));
+    line("Restart=on-failure");
+    // After ExecStop every process left in the cgroup gets SIGTERM (QEMU
+    // quits on it), then SIGKILL; ExecStopPost (teardown) runs only when none
+    // is left, so no process of the VM can outlive the unit.
+    line("KillMode=control-group");
+    // systemd creates /run/machina/<vm> (writable under ProtectSystem=strict)
+    // and removes it when the unit stops. It re-chowns it to root before
+    // every Exec line, so the launcher sets the VM's ownership itself.
+    line(&format!("RuntimeDirectory=machina/{vm}"));
+    line("RuntimeDirectoryMode=0750");
+    line("RuntimeDirectoryPreserve=no");
+    line("UMask=0077");
+    if let Some(bytes) = plan.memlock {
+        // vfio pins all guest memory.
+        line(&format!("LimitMEMLOCK={bytes}"));
+    }
+
+    // Privileges: root, but only the capabilities the launcher uses, none
+    // ambient, and no way to gain more.
+    // CAP_SYS_RESOURCE and CAP_IPC_LOCK are not needed even with vfio:
+    // systemd sets RLIMIT_MEMLOCK (soft = hard) before the launcher runs,
+    // QEMU inherits it, and QEMU holds no capability anyway. The launcher
+    // may still set the same limit (no capability needed for that).
+    line(
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP",
+    );
+    line("AmbientCapabilities=");
+    line("NoNewPrivileges=yes");
+
+    // Devices: a private /dev with only pseudo devices, the nodes this VM
+    // uses bound in, and a device cgroup that allows exactly those. The
+    // binds are optional ("-") so a missing node is reported by the
+    // launcher, which names it, rather than as a namespace failure.
+    line("PrivateDevices=yes");
+    line("DevicePolicy=closed");
+    let mut devices: Vec<(String, &str)> =
+        vec![("/dev/kvm".into(), "rw"), ("/dev/net/tun".into(), "rw")];
+    if vhost {
+        devices.push(("/dev/vhost-net".into(), "rw"));
+    }
+    if vfio {
+        devices.push(("/dev/vfio/vfio".into(), "rw"));
+    }
+    for g in &plan.grants {
+        if is_dev(&g.path) {
+            let p = r.path("grant path", &g.path)?;
+            let mode = match g.access {
+                Access::ReadOnly => "r",
+                Access::ReadWrite => "rw",
+            };
+            devices.push((p.to_owned(), mode));
+        }
+    }
+    for (p, mode) in &devices {
+        // /dev/vfio/vfio comes with the /dev/vfio directory bound below.
+        if !Path::new(p).starts_with("/dev/vfio") {
+            line(&format!("BindPaths=-{}", escape_word(p, false)));
+        }
+        line(&format!("DeviceAllow={} {mode}", escape_word(p, false)));
+    }
+    if vfio {
+        // IOMMU group nodes (/dev/vfio/<n>) appear when the mediated device
+        // is created, after the namespace is set up: bind the directory, so
+        // new nodes show through, and allow the vfio group major.
+        line("BindPaths=-/dev/vfio");
+        line("DeviceAllow=char-vfio rw");
+    }
+
+    // Files: the whole system read-only; the VM's own files writable, each
+    // one alone (not its directory, so no file can be created or replaced
+    // next to it). Read-only grants are writable at the mount level too: the
+    // launcher changes their group and mode (or adds an ACL entry), which a
+    // read-only mount refuses; file permissions still keep QEMU from writing
+    // them.
+    line("ProtectSystem=strict");
+    let home = plan.grants.iter().any(|g| under_home(&g.path));
+    line(if home {
+        // A grant lives under /home: "yes" would hide it, "read-only"
+        // still protects everything else there.
+        "ProtectHome=read-only"
+    } else {
+        "ProtectHome=yes"
+    });
+    let mut rw: Vec<String> = Vec::new();
+    for g in &plan.grants {
+        if !is_dev(&g.path) {
+            rw.push(r.path("grant path", &g.path)?.to_owned());
+        }
+    }
+    // Mediated devices are created by writing the parent's
+    // mdev_supported_types/<type>/create and removed through the new device
+    // directory, which appears below the parent's directory: that directory
+    // must be writable although ProtectKernelTunables= makes /sys read-only.
+    for m in &plan.mdevs {
+        for p in &m.parents {
+            let dir = m.sysfs_root.join("bus/pci/devices").join(&p.address);
+            rw.push(r.path("mdev parent", &dir)?.to_owned());
+        }
+    }
+    rw.sort();
+    rw.dedup();
+    for p in &rw {
+        line(&format!("ReadWritePaths=-{}", escape_word(p, false)));
+    }
+    if plan
+        .grants
+        .iter()
+        .any(|g| g.path.starts_with("/tmp") || g.path.starts_with("/var/tmp"))
+    {
+        // A grant in /tmp would be hidden by a private /tmp; the shared one
+        // stays, read-only like the rest of the system (ProtectSystem=strict).
+        line("PrivateTmp=no");
+    } else {
+        line("PrivateTmp=yes");
+    }
+    line("PrivateIPC=yes");
+    line("PrivateMounts=yes");
+    line("ProtectKernelTunables=yes");
+    line("ProtectKernelModules=yes");
+    line("ProtectKernelLogs=yes");
+    line("ProtectControlGroups=yes");
+    line("ProtectClock=yes");
+    line("ProtectHostname=yes");
+    line("ProtectProc=invisible");
+    line("ProcSubset=pid");
+    line("RestrictNamespaces=yes");
+    line("RestrictRealtime=yes");
+    line("RestrictSUIDSGID=yes");
+    line("LockPersonality=yes");
+    if kvm {
+        // TCG writes and then executes its generated code; KVM does not.
+        line("MemoryDenyWriteExecute=yes");
+    }
+    line("SystemCallArchitectures=native");
+    if net.inet {
+        line("RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6");
+        if net.loopback_only {
+            line("IPAddressDeny=any");
+            line("IPAddressAllow=localhost");
+        }
+    } else {
+        line("RestrictAddressFamilies=AF_UNIX AF_NETLINK");
+        line("IPAddressDeny=any");
+    }
+    line("SystemCallFilter=@system-service");
+    // seccomp(2) is in no group: QEMU probes it at startup and silently
+    // drops its own `-sandbox` option when the probe fails.
+    line("SystemCallFilter=seccomp");
+    // setrlimit(2) is in @resources, but glibc's setrlimit() uses
+    // prlimit64(2), which @system-service keeps.
+    line("SystemCallFilter=~@resources");
+    line("SystemCallErrorNumber=EPERM");
+    line("");
+    line("[Install]");
+    line("WantedBy=multi-user.target");
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::InterfaceName;
+    use crate::plan::{Grant, Mdev, MdevParent, QemuExec, Tap, PLAN_VERSION};
+
+    fn plan(args: &[&str]) -> Plan {
+        Plan {
+            version: PLAN_VERSION,
+            machine: MachineName::new("vm1").unwrap(),
+            uuid: uuid::Uuid::nil(),
+            uid: 70001,
+            gid: 70001,
+            runtime_dir: "/run/machina/vm1".into(),
+            taps: vec![],
+            mdevs: vec![],
+            grants: vec![],
+            memlock: None,
+            qemu: QemuExec {
+                binary: "/usr/bin/qemu-system-x86_64".into(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+            },
+        }
+    }
+
+    fn lines(u: &str, key: &str) -> Vec<String> {
+        u.lines()
+            .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_unit() {
+        let p = plan(&["-enable-kvm", "-S"]);
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert!(u.starts_with("# Generated by machina"));
+        assert_eq!(lines(&u, "Description"), ["machina qemu/kvm vm1"]);
+        assert_eq!(lines(&u, "ExecStart"), ["/usr/bin/machina-launch vm1"]);
+        assert_eq!(
+            lines(&u, "ExecStop"),
+            ["/usr/bin/machina shutdown --system --timeout 1m25s vm1"]
+        );
+        assert_eq!(lines(&u, "ExecStopPost"), ["/usr/bin/machina teardown vm1"]);
+        assert_eq!(lines(&u, "TimeoutStopSec"), ["1m30s"]);
+        assert_eq!(lines(&u, "RuntimeDirectory"), ["machina/vm1"]);
+        assert_eq!(
+            lines(&u, "CapabilityBoundingSet"),
+            ["CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP"]
+        );
+        assert_eq!(lines(&u, "MemoryDenyWriteExecute"), ["yes"]);
+        assert_eq!(lines(&u, "RestrictAddressFamilies"), ["AF_UNIX AF_NETLINK"]);
+        assert_eq!(lines(&u, "IPAddressDeny"), ["any"]);
+        assert_eq!(
+            lines(&u, "SystemCallFilter"),
+            ["@system-service", "seccomp", "~@resources"]
+        );
+        assert_eq!(lines(&u, "DeviceAllow"), ["/dev/kvm rw", "/dev/net/tun rw"]);
+        assert!(lines(&u, "ReadWritePaths").is_empty());
+        assert_eq!(lines(&u, "WantedBy"), ["multi-user.target"]);
+    }
+
+    #[test]
+    fn vfio_vhost_tcp_and_grants_widen_the_sandbox_only_as_needed() {
+        let mut p = plan(&[
+            "-accel",
+            "tcg",
+            "-spice",
+            "port=59000,addr=127.0.0.1,disable-ticketing=on",
+        ]);
+        p.taps.push(Tap {
+            ifname: InterfaceName::new("vm1.0").unwrap(),
+            bridge: InterfaceName::new("br0").unwrap(),
+            mac: "00:16:3e:00:00:01".into(),
+            fds: vec![3],
+            vhost_fds: vec![4],
+        });
+        p.mdevs.push(Mdev {
+            uuid: uuid::Uuid::nil(),
+            sysfs_root: "/sys".into(),
+            parents: vec![MdevParent {
+                address: "0000:c1:00.0".into(),
+                type_name: "GRID RTX8000-6Q".into(),
+                placements: vec![],
+                heterogeneous: false,
+            }],
+        });
+        p.memlock = Some(1 << 30);
+        p.grants.push(Grant {
+            path: "/dev/zvol/tank/vm1".into(),
+            access: Access::ReadWrite,
+            shared: false,
+        });
+        p.grants.push(Grant {
+            path: "/srv/vm1/os.raw".into(),
+            access: Access::ReadWrite,
+            shared: false,
+        });
+        p.grants.push(Grant {
+            path: "/srv/iso/win.iso".into(),
+            access: Access::ReadOnly,
+            shared: true,
+        });
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert_eq!(
+            lines(&u, "CapabilityBoundingSet"),
+            ["CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP"]
+        );
+        assert_eq!(lines(&u, "LimitMEMLOCK"), ["1073741824"]);
+        assert!(
+            lines(&u, "MemoryDenyWriteExecute").is_empty(),
+            "TCG needs W+X"
+        );
+        assert_eq!(
+            lines(&u, "RestrictAddressFamilies"),
+            ["AF_UNIX AF_NETLINK AF_INET AF_INET6"]
+        );
+        assert_eq!(lines(&u, "IPAddressAllow"), ["localhost"]);
+        assert_eq!(
+            lines(&u, "SystemCallFilter"),
+            ["@system-service", "seccomp", "~@resources"]
+        );
+        let dev = lines(&u, "DeviceAllow");
+        for want in [
+            "/dev/vhost-net rw",
+            "/dev/vfio/vfio rw",
+            "char-vfio rw",
+            "/dev/zvol/tank/vm1 rw",
+        ] {
+            assert!(dev.iter().any(|d| d == want), "{want} in {dev:?}");
+        }
+        assert_eq!(
+            lines(&u, "ReadWritePaths"),
+            [
+                "-/srv/iso/win.iso",
+                "-/srv/vm1/os.raw",
+                "-/sys/bus/pci/devices/0000:c1:00.0"
+            ]
+        );
+        assert_eq!(lines(&u, "ProtectHome"), ["yes"]);
+        assert_eq!(
+            lines(&u, "BindPaths"),
+            [
+                "-/dev/kvm",
+                "-/dev/net/tun",
+                "-/dev/vhost-net",
+                "-/dev/zvol/tank/vm1",
+                "-/dev/vfio"
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_are_escaped() {
+        let mut p = plan(&["-enable-kvm"]);
+        p.grants.push(Grant {
+            path: "/srv/my vms/100%/$HOME\\\"x\".raw".into(),
+            access: Access::ReadWrite,
+            shared: false,
+        });
+        let mut o = UnitOptions::new(&p);
+        o.plan_path = "/etc/machina plans/50%/$vm1.json".into();
+        o.description = "VM at 100% ${x}".into();
+        let u = render(&p, &o).unwrap();
+        assert_eq!(
+            lines(&u, "ReadWritePaths"),
+            [r#"-"/srv/my vms/100%%/$HOME\\\"x\".raw""#]
+        );
+        assert_eq!(
+            lines(&u, "ExecStart"),
+            [r#"/usr/bin/machina-launch --plan "/etc/machina plans/50%%/$$vm1.json""#]
+        );
+        assert_eq!(lines(&u, "Description"), ["VM at 100%% ${x}"]);
+    }
+
+    #[test]
+    fn no_raw_newline_or_control_character_can_be_written() {
+        for bad in [
+            "/srv/a\nExecStartPre=/bin/sh",
+            "/srv/a\rb",
+            "/srv/a\u{1b}b",
+            "/srv/\u{85}",
+        ] {
+            let mut p = plan(&["-enable-kvm"]);
+            p.grants.push(Grant {
+                path: bad.into(),
+                access: Access::ReadOnly,
+                shared: false,
+            });
+            let e = render(&p, &UnitOptions::new(&p)).unwrap_err();
+            assert!(e.to_string().contains("control character"), "{e}");
+        }
+        let p = plan(&["-enable-kvm"]);
+        let mut o = UnitOptions::new(&p);
+        o.description = "two\nlines".into();
+        assert!(render(&p, &o).is_err());
+        let mut o = UnitOptions::new(&p);
+        o.launcher = "machina-launch".into();
+        assert!(render(&p, &o)
+            .unwrap_err()
+            .to_string()
+            .contains("not absolute"));
+        let mut o = UnitOptions::new(&p);
+        o.shutdown_timeout = o.timeout_stop;
+        assert!(render(&p, &o).is_err());
+    }
+
+    #[test]
+    fn home_grants_keep_home_readable() {
+        let mut p = plan(&["-enable-kvm"]);
+        p.grants.push(Grant {
+            path: "/home/ann/vm.raw".into(),
+            access: Access::ReadWrite,
+            shared: false,
+        });
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert_eq!(lines(&u, "ProtectHome"), ["read-only"]);
+    }
+
+    #[test]
+    fn tmp_grants_keep_the_shared_tmp() {
+        let mut p = plan(&["-enable-kvm"]);
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert_eq!(lines(&u, "PrivateTmp"), ["yes"]);
+        p.grants.push(Grant {
+            path: "/var/tmp/vm1/os.qcow2".into(),
+            access: Access::ReadWrite,
+            shared: false,
+        });
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert_eq!(lines(&u, "PrivateTmp"), ["no"]);
+        assert_eq!(lines(&u, "ReadWritePaths"), ["-/var/tmp/vm1/os.qcow2"]);
+    }
+
+    #[test]
+    fn accelerator_detection() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(kvm_only(&a(&["-enable-kvm"])));
+        assert!(kvm_only(&a(&["-accel", "kvm"])));
+        assert!(kvm_only(&a(&["-accel", "accel=kvm,kernel-irqchip=on"])));
+        assert!(kvm_only(&a(&["-machine", "q35,accel=kvm"])));
+        assert!(!kvm_only(&a(&["-machine", "q35,accel=kvm:tcg"])));
+        assert!(!kvm_only(&a(&["-accel", "tcg"])));
+        assert!(!kvm_only(&a(&["-enable-kvm", "-accel", "tcg"])));
+        assert!(!kvm_only(&a(&["-S"])), "QEMU defaults to TCG");
+    }
+
+    #[test]
+    fn inet_detection() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let none = inet_use(&a(&[
+            "-chardev",
+            "socket,id=qmp.0,server=on,wait=off,path=/run/machina/vm1/qmp/systemd.0.qmp.socket",
+        ]));
+        assert!(!none.inet);
+        let agent = inet_use(&a(&[
+            "-chardev",
+            "socket,id=guestagent,host=127.0.0.1,port=49000,server=on,wait=off",
+        ]));
+        assert_eq!(
+            agent,
+            InetUse {
+                inet: true,
+                loopback_only: true
+            }
+        );
+        let spice = inet_use(&a(&["-spice", "port=59000,addr=0.0.0.0"]));
+        assert_eq!(
+            spice,
+            InetUse {
+                inet: true,
+                loopback_only: false
+            }
+        );
+        let vnc = inet_use(&a(&["-vnc", "127.0.0.1:0"]));
+        assert_eq!(
+            vnc,
+            InetUse {
+                inet: true,
+                loopback_only: true
+            }
+        );
+        let vnc_any = inet_use(&a(&["-vnc", ":0"]));
+        assert_eq!(
+            vnc_any,
+            InetUse {
+                inet: true,
+                loopback_only: false
+            }
+        );
+    }
+
+    #[test]
+    fn durations_like_go() {
+        let d = |s| go_duration(Duration::from_secs(s));
+        assert_eq!(d(60), "1m0s");
+        assert_eq!(d(10), "10s");
+        assert_eq!(d(90), "1m30s");
+        assert_eq!(d(85), "1m25s");
+        assert_eq!(d(3600), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+    }
+}

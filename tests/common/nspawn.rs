@@ -1,0 +1,334 @@
+//! A real systemd booted in `systemd-nspawn`, for tests that need units
+//! started, stopped and inspected by systemd itself (TESTING.md, "Real
+//! systemd inside systemd-nspawn").
+//!
+//! The container boots the host's own `/usr` on a volatile root, with the
+//! host's `/dev/kvm` and `/dev/net/tun` bound in and a directory of test
+//! binaries bound read-only at `/opt/machina`. Commands run inside with
+//! `nsenter -t PID -a`. Dropping the [`Container`] stops it and removes what
+//! nspawn leaves behind.
+//!
+//! ```ignore
+//! let Some(c) = nspawn::Container::boot("my_test", &bin_dir) else { return };
+//! c.write_unit("machina-qemu-vm.service", &text);
+//! c.daemon_reload();
+//! c.exec_ok(&["systemctl", "start", "machina-qemu-vm.service"]);
+//! ```
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use machina::systemd::control::Systemctl;
+
+/// Where the bound binary directory appears inside the container.
+pub const BIN_MOUNT: &str = "/opt/machina";
+
+const NSPAWN: &str = "/usr/bin/systemd-nspawn";
+const NSENTER: &str = "/usr/bin/nsenter";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A running container with systemd as PID 1.
+pub struct Container {
+    name: String,
+    nspawn: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+/// What is missing for [`Container::boot`], or `None` if nothing is.
+pub fn missing_prerequisite() -> Option<String> {
+    if !super::is_root() {
+        return Some("not running as root".into());
+    }
+    for p in [
+        NSPAWN,
+        NSENTER,
+        "/usr/bin/timeout",
+        "/usr/lib/systemd/systemd",
+    ] {
+        if !Path::new(p).exists() {
+            return Some(format!(
+                "{p} is missing (apt-get install systemd-container)"
+            ));
+        }
+    }
+    for p in ["/dev/kvm", "/dev/net/tun"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is missing"));
+        }
+    }
+    None
+}
+
+impl Container {
+    /// Boots a container with `bin_dir` bound at [`BIN_MOUNT`], or reports
+    /// a SKIP for `test` and returns `None` when a prerequisite is missing.
+    /// Panics (failing the test) when the prerequisites are there but the
+    /// boot fails.
+    pub fn boot(test: &str, bin_dir: &Path) -> Option<Container> {
+        Container::boot_with(test, bin_dir, &[])
+    }
+
+    /// [`Container::boot`] with more host paths (device nodes) bound in at
+    /// the same place.
+    pub fn boot_with(test: &str, bin_dir: &Path, binds: &[&Path]) -> Option<Container> {
+        if let Some(why) = missing_prerequisite() {
+            super::skip(test, &why);
+            return None;
+        }
+        match Container::try_boot_with(bin_dir, binds) {
+            Ok(c) => Some(c),
+            Err(e) => panic!("{test}: cannot boot systemd in nspawn: {e}"),
+        }
+    }
+
+    /// Boots a container; the error says what went wrong, with the tail of
+    /// nspawn's console log.
+    pub fn try_boot(bin_dir: &Path) -> Result<Container, String> {
+        Container::try_boot_with(bin_dir, &[])
+    }
+
+    /// [`Container::try_boot`] with more host paths bound in.
+    pub fn try_boot_with(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
+        let name = format!(
+            "mt-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let log = std::env::temp_dir().join(format!("machina-{name}.log"));
+        let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
+        let mut bind = OsString::from("--bind-ro=");
+        bind.push(bin_dir.as_os_str());
+        bind.push(":");
+        bind.push(BIN_MOUNT);
+        let nspawn = Command::new(NSPAWN)
+            // Only the unified hierarchy together with the BPF syscall filter
+            // makes DeviceAllow= enforced inside the container.
+            .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
+            .args(["-D", "/", "--volatile=yes", "-b"])
+            // No D-Bus on the host: neither registration nor a scope unit.
+            .args(["--register=no", "--keep-unit", "--private-network"])
+            .args(["--console=read-only", "-M", &name])
+            .args(["--bind=/dev/kvm", "--bind=/dev/net/tun"])
+            .arg("--system-call-filter=bpf")
+            .arg(&bind)
+            .args(binds.iter().map(|p| {
+                let mut a = OsString::from("--bind=");
+                a.push(p.as_os_str());
+                a
+            }))
+            .args(["--", "systemd.firstboot=off"])
+            .stdin(Stdio::null())
+            .stdout(logf)
+            .stderr(logf2)
+            .spawn()
+            .map_err(|e| format!("cannot run {NSPAWN}: {e}"))?;
+        let mut c = Container {
+            name,
+            nspawn,
+            pid: 0,
+            log,
+        };
+        let t0 = Instant::now();
+        c.pid = c.wait_for_init()?;
+        let t1 = t0.elapsed();
+        let out = c.exec(&[
+            "/usr/bin/timeout",
+            "60",
+            "systemctl",
+            "is-system-running",
+            "--wait",
+        ]);
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // The container has no network (--private-network), so nothing can
+        // wait for it: make network-online.target (which machina's units
+        // want) reachable at once instead of after wait-online's 2 minutes.
+        c.exec(&[
+            "systemctl",
+            "mask",
+            "--now",
+            "systemd-networkd-wait-online.service",
+            "NetworkManager-wait-online.service",
+        ]);
+        // "degraded" (some unrelated unit failed in the minimal boot) is
+        // still a working systemd.
+        if state != "running" && state != "degraded" {
+            return Err(format!(
+                "system state is {state:?}, not running; {}",
+                c.log_tail()
+            ));
+        }
+        eprintln!(
+            "nspawn {}: init after {t1:?}, running after {:?}",
+            c.name,
+            t0.elapsed()
+        );
+        Ok(c)
+    }
+
+    /// Finds the container's PID 1 (the `systemd` child of nspawn) and
+    /// waits for its private socket.
+    fn wait_for_init(&mut self) -> Result<u32, String> {
+        let start = Instant::now();
+        let nspawn_pid = self.nspawn.id();
+        loop {
+            if let Ok(Some(status)) = self.nspawn.try_wait() {
+                return Err(format!("nspawn exited ({status}); {}", self.log_tail()));
+            }
+            if let Some(pid) = child_named(nspawn_pid, "systemd") {
+                if Path::new(&format!("/proc/{pid}/root/run/systemd/private")).exists() {
+                    return Ok(pid);
+                }
+            }
+            if start.elapsed() > BOOT_TIMEOUT {
+                return Err(format!(
+                    "no systemd after {BOOT_TIMEOUT:?}; {}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let lines: Vec<&str> = s.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        format!("nspawn log ({}):\n{tail}", self.log.display())
+    }
+
+    /// The machine name (unique per test process and container).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host PID of the container's systemd (its PID 1).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The container's root as seen from the host (`/proc/PID/root`).
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid))
+    }
+
+    /// A host path for `path` inside the container.
+    pub fn path(&self, path: &str) -> PathBuf {
+        self.root().join(path.trim_start_matches('/'))
+    }
+
+    /// Runs a command inside every namespace of the container.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new(NSENTER)
+            .args(["-t", &self.pid.to_string(), "-a"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {NSENTER}: {e}"))
+    }
+
+    /// Runs a command inside and returns its stdout; panics with its stderr
+    /// when it fails.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed ({}): {}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a unit file to `/etc/systemd/system/<name>` inside.
+    pub fn write_unit(&self, name: &str, text: &str) {
+        let path = self.path("/etc/systemd/system").join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// Writes a file inside with the given mode, creating its parents.
+    pub fn write_file(&self, path: &str, text: &str, mode: u32) {
+        let p = self.path(path);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+
+    /// `systemctl daemon-reload` inside.
+    pub fn daemon_reload(&self) {
+        self.exec_ok(&["systemctl", "daemon-reload"]);
+    }
+
+    /// machina's `systemctl` driver, aimed at this container's systemd (PIDs
+    /// it reports are read from the container's `/proc`).
+    pub fn systemctl(&self) -> Systemctl {
+        Systemctl::wrapped(
+            NSENTER,
+            ["-t", &self.pid.to_string(), "-a", "/usr/bin/systemctl"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+            self.path("/proc"),
+        )
+    }
+
+    /// The unit's journal (for assertion messages).
+    pub fn journal(&self, unit: &str) -> String {
+        let out = self.exec(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.nspawn.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            match self.nspawn.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if start.elapsed() > Duration::from_secs(10) => {
+                    let _ = self.nspawn.kill();
+                    let _ = self.nspawn.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        eprintln!("nspawn {}: stopped in {:?}", self.name, start.elapsed());
+        // nspawn leaves this behind (/run is not a tmpfs on these hosts).
+        let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.name));
+        // Failures already carry the log's tail or the unit's journal.
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The first child of `parent` whose `comm` is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .map(|s| s.trim() == name)
+                .unwrap_or(false)
+        })
+}
