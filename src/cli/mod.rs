@@ -7,6 +7,9 @@
 mod host;
 mod qmp;
 mod summary;
+mod units;
+
+use crate::systemd::control::Verb;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,10 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine};
 use crate::names::MachineName;
 use crate::plan::{Plan, TakenIds, DEFAULT_PLAN_DIR};
+use crate::systemd::unit::{self as unit, UnitOptions};
+
+/// Where generated units go.
+pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 use crate::qemu;
 
 /// Exit code for a failed command.
@@ -36,6 +43,9 @@ pub struct Cli {
     /// Directory of launch plans.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PLAN_DIR)]
     pub plan_dir: PathBuf,
+    /// Directory of the generated systemd units.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
+    pub unit_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,15 +72,63 @@ enum Command {
         #[arg(required = true)]
         machines: Vec<String>,
     },
-    /// Generates launch plans (and systemd units) for virtual machines.
+    /// Generates the launch plan and systemd unit of virtual machines.
     #[command(visible_alias = "gen")]
     Generate {
-        /// Print the plans instead of writing them.
+        /// Print the plans and units instead of writing them.
         #[arg(long)]
         preview: bool,
         /// Write under this directory instead of / (for another host).
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
+        /// Where machina and machina-launch are installed on the target host.
+        #[arg(long, value_name = "DIR", default_value = "/usr/bin")]
+        bin_dir: PathBuf,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Starts the systemd units of virtual machines.
+    Start {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Stops the systemd units of virtual machines (an orderly shutdown over QMP).
+    Stop {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Restarts the systemd units of virtual machines.
+    Restart {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Enables the systemd units of virtual machines (start at boot).
+    Enable {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Disables the systemd units of virtual machines.
+    Disable {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Displays the unit state of virtual machines and whether QMP answers.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Removes the unit and launch plan of stopped virtual machines.
+    Dissolve {
         /// Machines.
         #[arg(required = true)]
         machines: Vec<String>,
@@ -231,7 +289,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Cat { json, machines } => cat(&dir, &machines, json, &mut out)?,
-        Command::List { json } => list(&dir, json, &mut out)?,
+        Command::List { json } => return units::list(&dir, json),
         Command::Args { machines } => {
             // Everything is built before anything is printed, so an error
             // leaves no partial output; only the lines are kept.
@@ -257,15 +315,28 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Generate {
             preview,
             root,
+            bin_dir,
             machines,
-        } => generate(
-            &dir,
-            &machines,
-            preview,
-            root.as_deref(),
-            &cli.plan_dir,
-            &mut out,
-        )?,
+        } => {
+            let target = Target {
+                root: root.as_deref(),
+                plan_dir: &cli.plan_dir,
+                unit_dir: &cli.unit_dir,
+                bin_dir: &bin_dir,
+            };
+            generate(&dir, &machines, preview, &target, &mut out)?
+        }
+        Command::Start { machines } => return units::control(Verb::Start, &machines),
+        Command::Stop { machines } => return units::control(Verb::Stop, &machines),
+        Command::Restart { machines } => return units::control(Verb::Restart, &machines),
+        Command::Enable { machines } => return units::control(Verb::Enable, &machines),
+        Command::Disable { machines } => return units::control(Verb::Disable, &machines),
+        Command::Status { json, machines } => {
+            return units::status(&dir, &cli.plan_dir, &machines, json)
+        }
+        Command::Dissolve { machines } => {
+            return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
+        }
         Command::Run { machine } => return host::run(&dir, &cli.plan_dir, &machine),
         Command::Teardown { machines } => return host::teardown(&cli.plan_dir, &machines),
         Command::Shutdown {
@@ -273,8 +344,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             wait,
             timeout,
             machines,
-        } => return qmp::shutdown(&dir, &machines, system, wait, timeout),
-        Command::Observe { json, machines } => return qmp::observe(&dir, &machines, json),
+        } => return qmp::shutdown(&machines, system, wait, timeout),
+        Command::Observe { json, machines } => return qmp::observe(&machines, json),
         Command::Query {
             what,
             json,
@@ -284,7 +355,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 QueryKind::Pci => crate::qmp::Query::Pci,
                 QueryKind::Cpu => crate::qmp::Query::Cpus,
             };
-            return qmp::query(&dir, &machines, what, json);
+            return qmp::query(&machines, what, json);
         }
         Command::GenId => writeln!(out, "{}", uuid::Uuid::new_v4())?,
         Command::GenMac => writeln!(out, "{}", crate::identity::random_mac())?,
@@ -353,39 +424,6 @@ fn cat(
     Ok(())
 }
 
-fn list(dir: &ConfigDir, json: bool, out: &mut impl Write) -> Result<(), CliError> {
-    let names = dir.list_machines()?;
-    let mut rows = Vec::new();
-    for n in &names {
-        let desc = match dir.load_machine(n) {
-            Ok(f) => Ok(f.description),
-            Err(e) => Err(e.to_string()),
-        };
-        rows.push((n, desc));
-    }
-    if json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|(n, d)| match d {
-                Ok(d) => serde_json::json!({"name": n.as_str(), "description": d}),
-                Err(e) => serde_json::json!({"name": n.as_str(), "error": e}),
-            })
-            .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"))?;
-        return Ok(());
-    }
-    let width = names.iter().map(|n| n.as_str().len()).max().unwrap_or(0);
-    for (n, d) in rows {
-        match d {
-            Ok(d) if d.is_empty() => writeln!(out, "{n}")?,
-            Ok(d) => writeln!(out, "{:width$}  ({d})", n.as_str())?,
-            // The Go program printed "<nil>" here instead of the error.
-            Err(e) => writeln!(out, "{:width$}  error: {e}", n.as_str())?,
-        }
-    }
-    Ok(())
-}
-
 /// `<root>/<abs>`, or `abs` without a root.
 fn under_root(root: Option<&Path>, abs: &Path) -> PathBuf {
     match root {
@@ -394,44 +432,70 @@ fn under_root(root: Option<&Path>, abs: &Path) -> PathBuf {
     }
 }
 
+/// Where `gen` writes and what the unit refers to.
+struct Target<'a> {
+    root: Option<&'a Path>,
+    plan_dir: &'a Path,
+    unit_dir: &'a Path,
+    bin_dir: &'a Path,
+}
+
 fn generate(
     dir: &ConfigDir,
     names: &[String],
     preview: bool,
-    root: Option<&Path>,
-    plan_dir: &Path,
+    target: &Target<'_>,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let (_, machines) = load_all(dir, names)?;
-    let plan_dir = under_root(root, plan_dir);
-    let mut taken = TakenIds::scan(&under_root(root, Path::new("/etc")), &plan_dir);
+    let plan_dir = under_root(target.root, target.plan_dir);
+    let unit_dir = under_root(target.root, target.unit_dir);
+    if !target.bin_dir.is_absolute() {
+        return Err(CliError(format!(
+            "--bin-dir {} is not absolute",
+            target.bin_dir.display()
+        )));
+    }
+    let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
     // Build everything first: the first error aborts before anything is
     // written.
-    let mut plans: Vec<Plan> = Vec::new();
+    let mut outputs: Vec<(Plan, String)> = Vec::new();
     for m in &machines {
         let hw = qemu::build(m)?;
         let id = taken.id_for(m).map_err(|e| CliError(e.to_string()))?;
         taken.take(m, id);
-        plans.push(crate::plan::plan_for(m, &hw, id, Path::new("/sys")));
+        let plan = crate::plan::plan_for(m, &hw, id, Path::new("/sys"));
+        let mut opts = UnitOptions::new(&plan);
+        opts.launcher = target.bin_dir.join("machina-launch");
+        opts.machina = target.bin_dir.join("machina");
+        opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
+        let text = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+        if m.qmp_sockets.is_empty() {
+            eprintln!(
+                "machina: {}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown",
+                m.name
+            );
+        }
+        outputs.push((plan, text));
     }
-    for (i, plan) in plans.iter().enumerate() {
+    for (i, (plan, text)) in outputs.iter().enumerate() {
+        let plan_path = plan_dir.join(format!("{}.json", plan.machine));
+        let unit_path = unit_dir.join(unit::unit_name(&plan.machine));
         if preview {
             if i > 0 {
                 writeln!(out)?;
             }
-            writeln!(
-                out,
-                "----{}----",
-                plan_dir.join(format!("{}.json", plan.machine)).display()
-            )?;
+            writeln!(out, "----{}----", plan_path.display())?;
             write!(out, "{}", plan.to_json())?;
+            writeln!(out, "----{}----", unit_path.display())?;
+            write!(out, "{text}")?;
         } else {
-            write_file_atomic(
-                &plan_dir.join(format!("{}.json", plan.machine)),
-                plan.to_json().as_bytes(),
-                0o644,
-            )?;
+            write_file_atomic(&plan_path, plan.to_json().as_bytes(), 0o644)?;
+            write_file_atomic(&unit_path, text.as_bytes(), 0o644)?;
         }
+    }
+    if !preview && target.root.is_none() && crate::systemd::control::systemd_running() {
+        crate::systemd::control::daemon_reload().map_err(|e| CliError(e.to_string()))?;
     }
     Ok(())
 }

@@ -6,25 +6,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{load_all, CliError, EXIT_FAILURE};
-use crate::config::{ConfigDir, Machine};
+use super::{machine_names, CliError, EXIT_FAILURE};
+use crate::names::MachineName;
+use crate::plan::RUNTIME_ROOT;
 use crate::qmp::{self, Options, Query, ShutdownOptions, ShutdownOutcome};
 
 /// The sockets a command uses: the one reserved for systemd, or the two
 /// command sockets (QEMU serves one client per socket, so the second is a
-/// spare while something else holds the first).
-pub fn sockets(m: &Machine, system: bool) -> Result<Vec<PathBuf>, CliError> {
-    if m.qmp_sockets.len() < 3 {
-        return Err(CliError(format!(
-            "{}: no QMP socket available (set attrs.qmp.enabled in its configuration, then `machina gen` and restart it)",
-            m.name
-        )));
-    }
-    Ok(if system {
-        vec![m.qmp_sockets[0].clone()]
+/// spare while something else holds the first). Their paths follow from the
+/// name alone, so stopping a VM never depends on its configuration still
+/// being valid.
+pub fn sockets(vm: &MachineName, system: bool) -> Vec<PathBuf> {
+    let dir = PathBuf::from(format!("{RUNTIME_ROOT}/{vm}/qmp"));
+    let names: &[&str] = if system {
+        &["systemd.0"]
     } else {
-        m.qmp_sockets[1..3].to_vec()
-    })
+        &["command.0", "command.1"]
+    };
+    names
+        .iter()
+        .map(|n| dir.join(format!("{n}.qmp.socket")))
+        .collect()
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -79,13 +81,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// `machina shutdown`.
 pub fn shutdown(
-    dir: &ConfigDir,
     names: &[String],
     system: bool,
     wait: bool,
     timeout: Option<Duration>,
 ) -> Result<i32, CliError> {
-    let (_, machines) = load_all(dir, names)?;
+    let machines = machine_names(names)?;
     let rt = runtime()?;
     let opts = ShutdownOptions {
         wait,
@@ -96,11 +97,8 @@ pub fn shutdown(
         let tasks = machines.iter().map(|m| {
             let opts = opts.clone();
             async move {
-                let socks = match sockets(m, system) {
-                    Ok(s) => s,
-                    Err(e) => return Err(e.0),
-                };
-                let name = m.name.as_str();
+                let socks = sockets(m, system);
+                let name = m.as_str();
                 qmp::shutdown(name, &socks, &opts, |line| println!("{line}"))
                     .await
                     .map_err(|e| format!("{name}: Failed to shut down: {e}"))
@@ -129,13 +127,13 @@ pub fn shutdown(
 }
 
 /// `machina observe`: streams events until every socket closes or Ctrl-C.
-pub fn observe(dir: &ConfigDir, names: &[String], json: bool) -> Result<i32, CliError> {
-    let (_, machines) = load_all(dir, names)?;
+pub fn observe(names: &[String], json: bool) -> Result<i32, CliError> {
+    let machines = machine_names(names)?;
     let rt = runtime()?;
     let results = rt.block_on(async {
         let tasks = machines.iter().map(|m| async move {
-            let socks = sockets(m, false).map_err(|e| e.0)?;
-            let name = m.name.as_str();
+            let socks = sockets(m, false);
+            let name = m.as_str();
             qmp::observe(name, &socks, json, &Options::default(), |line| {
                 println!("{line}")
             })
@@ -158,24 +156,20 @@ pub fn observe(dir: &ConfigDir, names: &[String], json: bool) -> Result<i32, Cli
 }
 
 /// `machina query pci|cpu`.
-pub fn query(dir: &ConfigDir, names: &[String], what: Query, json: bool) -> Result<i32, CliError> {
-    let (_, machines) = load_all(dir, names)?;
+pub fn query(names: &[String], what: Query, json: bool) -> Result<i32, CliError> {
+    let machines = machine_names(names)?;
     let rt = runtime()?;
     let results = rt.block_on(futures_join_all(machines.iter().map(|m| async move {
-        let socks = sockets(m, false).map_err(|e| e.0)?;
-        qmp::query(&socks, what, &Options::default())
+        qmp::query(&sockets(m, false), what, &Options::default())
             .await
-            .map_err(|e| format!("Failed to query {}: {e}", m.name))
+            .map_err(|e| format!("Failed to query {m}: {e}"))
     })));
     let mut code = 0;
     for (m, r) in machines.iter().zip(results) {
         match r {
-            Ok(v) if json => println!(
-                "{}",
-                serde_json::json!({"vm": m.name.as_str(), "return": v})
-            ),
+            Ok(v) if json => println!("{}", serde_json::json!({"vm": m.as_str(), "return": v})),
             Ok(v) => {
-                println!("----{}----", m.name);
+                println!("----{m}----");
                 println!("{}", qmp::pretty_tabs(&v));
             }
             Err(e) => {

@@ -2,7 +2,11 @@
 //!
 //! Paths from the plan are resolved by the kernel with `openat2` and
 //! `RESOLVE_NO_SYMLINKS`, so no component of the path may be a symbolic link;
-//! directories are created and removed relative to directory fds.
+//! directories are created and removed relative to directory fds. Where
+//! `openat2` is unavailable (kernels before 5.6, or a seccomp filter that
+//! does not know it, as systemd-nspawn's and some service filters answer
+//! ENOSYS or EPERM), the path is walked one component at a time with
+//! `openat(O_NOFOLLOW)` instead, which refuses the same links.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -64,8 +68,99 @@ pub fn openat_nofollow(dirfd: RawFd, path: &Path, flags: i32, mode: u32) -> Resu
         match err.raw_os_error() {
             Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
             Some(libc::ELOOP) => return Err(Error::Symlink(path.to_owned())),
+            Some(libc::ENOSYS) | Some(libc::EPERM) => {
+                return openat_walk(dirfd, path, flags, how.mode as u32)
+            }
             _ => return Err(Error::io("open", path, err)),
         }
+    }
+}
+
+/// [`openat_nofollow`] without `openat2`: every directory on the way is
+/// opened with `O_PATH|O_DIRECTORY|O_NOFOLLOW` relative to the previous one
+/// and the last component with `O_NOFOLLOW`, so no symbolic link is
+/// followed. `..` components are refused rather than resolved.
+fn openat_walk(dirfd: RawFd, path: &Path, flags: i32, mode: u32) -> Result<OwnedFd> {
+    let comps: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(Ok(n)),
+            Component::ParentDir => Some(Err(())),
+            _ => None,
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Refused(format!("{}: path contains '..'", path.display())))?;
+    let Some((last, dirs)) = comps.split_last() else {
+        // "/" itself (or "."): open it directly.
+        let start = if path.is_absolute() { c"/" } else { c"." };
+        return raw_openat(dirfd, start, flags | libc::O_CLOEXEC, mode, path);
+    };
+    let mut cur: Option<OwnedFd> = None;
+    if path.is_absolute() {
+        cur = Some(raw_openat(
+            libc::AT_FDCWD,
+            c"/",
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+            path,
+        )?);
+    }
+    let base = |cur: &Option<OwnedFd>| cur.as_ref().map_or(dirfd, |f| f.as_raw_fd());
+    for d in dirs {
+        let c = CString::new(d.as_bytes())
+            .map_err(|_| Error::Refused(format!("{}: path contains a NUL byte", path.display())))?;
+        let next = raw_openat(
+            base(&cur),
+            &c,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+            path,
+        )?;
+        cur = Some(next);
+    }
+    let c = CString::new(last.as_bytes())
+        .map_err(|_| Error::Refused(format!("{}: path contains a NUL byte", path.display())))?;
+    let fd = raw_openat(
+        base(&cur),
+        &c,
+        flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        mode,
+        path,
+    )?;
+    if flags & libc::O_PATH != 0 && fstat(&fd, path)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(Error::Symlink(path.to_owned()));
+    }
+    Ok(fd)
+}
+
+/// One `openat`, mapping ELOOP/ENOTDIR-on-a-link to [`Error::Symlink`].
+fn raw_openat(dirfd: RawFd, name: &CStr, flags: i32, mode: u32, path: &Path) -> Result<OwnedFd> {
+    loop {
+        // SAFETY: name outlives the call.
+        let fd = unsafe { libc::openat(dirfd, name.as_ptr(), flags, mode as libc::c_uint) };
+        if fd >= 0 {
+            // SAFETY: a new fd we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ELOOP) => return Err(Error::Symlink(path.to_owned())),
+            // O_DIRECTORY|O_NOFOLLOW on a symlink to a directory.
+            Some(libc::ENOTDIR) if is_symlink_at(dirfd, name) => {
+                return Err(Error::Symlink(path.to_owned()))
+            }
+            _ => return Err(Error::io("open", path, err)),
+        }
+    }
+}
+
+fn is_symlink_at(dirfd: RawFd, name: &CStr) -> bool {
+    // SAFETY: st is written by the kernel; name outlives the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFLNK
     }
 }
 
@@ -311,4 +406,45 @@ pub fn read_dir(dir: &OwnedFd, shown: &Path) -> Result<Vec<CString>> {
     }
     unsafe { libc::closedir(d) };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback walk refuses the links openat2 refuses.
+    #[test]
+    fn walk_without_openat2_refuses_symlinks() {
+        let dir = std::env::temp_dir().join(format!("machina-fs-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::fs::write(dir.join("real/file"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("linkdir")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real/file"), dir.join("real/linkfile")).unwrap();
+
+        let fd = openat_walk(libc::AT_FDCWD, &dir.join("real/file"), libc::O_RDONLY, 0).unwrap();
+        assert_eq!(fstat(&fd, &dir).unwrap().st_size, 1);
+        for bad in ["linkdir/file", "real/linkfile"] {
+            for flags in [libc::O_RDONLY, libc::O_PATH] {
+                let r = openat_walk(libc::AT_FDCWD, &dir.join(bad), flags, 0);
+                assert!(matches!(r, Err(Error::Symlink(_))), "{bad} {flags}: {r:?}");
+            }
+        }
+        assert!(matches!(
+            openat_walk(
+                libc::AT_FDCWD,
+                &dir.join("real/../real/file"),
+                libc::O_RDONLY,
+                0
+            ),
+            Err(Error::Refused(_))
+        ));
+        // Both routes agree on a good path.
+        let a = openat_nofollow(libc::AT_FDCWD, &dir.join("real/file"), libc::O_RDONLY, 0).unwrap();
+        assert_eq!(
+            fstat(&a, &dir).unwrap().st_ino,
+            fstat(&fd, &dir).unwrap().st_ino
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

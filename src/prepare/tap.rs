@@ -125,7 +125,9 @@ fn open_dev(path: &str) -> io::Result<OwnedFd> {
 
 fn ioctl_sock() -> Result<OwnedFd> {
     // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    // AF_UNIX: interface ioctls fall through to the device layer from any
+    // socket family, and the unit allows only AF_UNIX and AF_NETLINK.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(Error::last_sys("open control socket"));
     }

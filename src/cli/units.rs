@@ -1,0 +1,297 @@
+//! Commands on the VMs' systemd units: `start`, `stop`, `restart`,
+//! `enable`, `disable`, `status`, `list` and `dissolve`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use super::{machine_names, CliError, EXIT_FAILURE};
+use crate::config::{self, ConfigDir};
+use crate::names::MachineName;
+use crate::plan::{plan_for, Plan, TakenIds};
+use crate::systemd::control::{self, UnitStatus, Verb};
+use crate::systemd::unit::unit_name;
+
+/// How long `status` and `list` wait for a QMP socket to answer.
+const PING_LIMIT: Duration = Duration::from_millis(500);
+
+fn units_of(names: &[MachineName]) -> Vec<String> {
+    names.iter().map(unit_name).collect()
+}
+
+/// `start|stop|restart|enable|disable VM…` through systemctl.
+pub fn control(verb: Verb, names: &[String]) -> Result<i32, CliError> {
+    let names = machine_names(names)?;
+    control::systemctl(verb, &units_of(&names)).map_err(|e| CliError(e.to_string()))?;
+    Ok(0)
+}
+
+/// One VM's state for `status` and `list`.
+struct Row {
+    name: MachineName,
+    description: String,
+    unit: Option<UnitStatus>,
+    qmp: bool,
+    /// Whether the installed plan differs from what the configuration
+    /// generates now (`None`: unknown, e.g. the configuration is broken).
+    stale: Option<bool>,
+    error: Option<String>,
+}
+
+fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>, Option<String>) {
+    let (statuses, note) = if control::systemd_running() {
+        match control::unit_status(&units_of(&names)) {
+            Ok(s) => (s.into_iter().map(Some).collect(), None),
+            Err(e) => (
+                vec![None; names.len()],
+                Some(format!("cannot read unit states: {e}")),
+            ),
+        }
+    } else {
+        (
+            vec![None; names.len()],
+            Some("systemd is not running here: unit states are unknown".to_owned()),
+        )
+    };
+    let host = dir.load_host();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok();
+    let pings: Vec<bool> = match &rt {
+        Some(rt) => rt.block_on(super::qmp::futures_join_all(names.iter().map(|n| {
+            let socks = super::qmp::sockets(n, false);
+            async move { crate::qmp::ping(&socks, PING_LIMIT).await }
+        }))),
+        None => vec![false; names.len()],
+    };
+    let taken = TakenIds::scan(Path::new("/etc"), plan_dir);
+    let mut out = Vec::new();
+    for ((name, unit), qmp) in names.into_iter().zip(statuses).zip(pings) {
+        let mut row = Row {
+            description: String::new(),
+            unit,
+            qmp,
+            stale: None,
+            error: None,
+            name,
+        };
+        match &host {
+            Err(e) => row.error = Some(e.to_string()),
+            Ok(h) => match config::load_machine(dir, h, &row.name) {
+                Err(e) => row.error = Some(e.to_string()),
+                Ok(m) => {
+                    row.description = m.description.clone();
+                    let installed =
+                        std::fs::read_to_string(plan_dir.join(format!("{}.json", row.name)))
+                            .ok()
+                            .and_then(|t| Plan::from_json(&t).ok());
+                    if let (Some(installed), Ok(hw)) = (installed, crate::qemu::build(&m)) {
+                        let id = taken.id_for(&m).unwrap_or(installed.uid);
+                        let now = plan_for(
+                            &m,
+                            &hw,
+                            id,
+                            &installed
+                                .mdevs
+                                .first()
+                                .map_or("/sys".into(), |d| d.sysfs_root.clone()),
+                        );
+                        row.stale = Some(now != installed);
+                    }
+                }
+            },
+        }
+        out.push(row);
+    }
+    (out, note)
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn row_json(r: &Row, now: SystemTime) -> serde_json::Value {
+    let unit = r.unit.as_ref().map(|u| {
+        json!({
+            "unit": u.unit,
+            "load-state": u.load_state,
+            "active-state": u.active_state,
+            "sub-state": u.sub_state,
+            "since": u.since().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            "for-seconds": u.duration(now).map(|d| d.as_secs()),
+            "main-pid": u.main_pid,
+            "main-uid": u.main_uid,
+        })
+    });
+    json!({
+        "name": r.name.as_str(),
+        "description": r.description,
+        "unit": unit,
+        "qmp": r.qmp,
+        "config-changed-since-gen": r.stale,
+        "error": r.error,
+    })
+}
+
+fn print_json(rows: &[Row], note: &Option<String>) {
+    let now = SystemTime::now();
+    let v = json!({
+        "systemd": note.is_none(),
+        "note": note,
+        "machines": rows.iter().map(|r| row_json(r, now)).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+}
+
+/// `status VM…`: unit state, since when, main PID and its uid, QMP, and
+/// whether the configuration changed since the last `gen`.
+pub fn status(
+    dir: &ConfigDir,
+    plan_dir: &Path,
+    names: &[String],
+    json: bool,
+) -> Result<i32, CliError> {
+    let names = machine_names(names)?;
+    let (rows, note) = rows(dir, plan_dir, names);
+    if json {
+        print_json(&rows, &note);
+        return Ok(0);
+    }
+    if let Some(n) = &note {
+        println!("{n}");
+    }
+    let now = SystemTime::now();
+    for r in &rows {
+        println!(
+            "{}{}",
+            r.name,
+            if r.description.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.description)
+            }
+        );
+        if let Some(u) = &r.unit {
+            let since = u
+                .duration(now)
+                .map(|d| format!(" for {}", human_duration(d)))
+                .unwrap_or_default();
+            println!(
+                "  unit: {} ({}, {}){since}",
+                u.unit,
+                u.load_state,
+                u.state()
+            );
+            if let Some(pid) = u.main_pid {
+                let uid = u
+                    .main_uid
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "?".into());
+                println!("  main process: {pid} (uid {uid})");
+            }
+        }
+        println!("  qmp: {}", if r.qmp { "answers" } else { "no answer" });
+        match r.stale {
+            Some(true) => println!("  configuration changed since the last `machina gen`"),
+            Some(false) => {}
+            None if r.error.is_none() => {
+                println!("  no launch plan installed (run `machina gen {}`)", r.name)
+            }
+            None => {}
+        }
+        if let Some(e) = &r.error {
+            println!("  error: {e}");
+        }
+    }
+    Ok(0)
+}
+
+/// `list`: every VM with its unit state (when systemd runs) and description.
+pub fn list(dir: &ConfigDir, json: bool) -> Result<i32, CliError> {
+    let names = dir.list_machines()?;
+    let plan_dir = Path::new(crate::plan::DEFAULT_PLAN_DIR);
+    let (rows, note) = rows(dir, plan_dir, names);
+    if json {
+        print_json(&rows, &note);
+        return Ok(0);
+    }
+    if let Some(n) = &note {
+        eprintln!("machina: {n}");
+    }
+    let now = SystemTime::now();
+    let width = rows
+        .iter()
+        .map(|r| r.name.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let states: Vec<String> = rows
+        .iter()
+        .map(|r| r.unit.as_ref().map(|u| u.state()).unwrap_or_default())
+        .collect();
+    let swidth = states.iter().map(String::len).max().unwrap_or(0);
+    for (r, state) in rows.iter().zip(&states) {
+        let mut line = format!("{:width$}", r.name.as_str());
+        if swidth > 0 {
+            let since = r
+                .unit
+                .as_ref()
+                .and_then(|u| u.duration(now))
+                .map(human_duration)
+                .unwrap_or_default();
+            line.push_str(&format!("  {state:swidth$}  {since:>6}"));
+        }
+        match (&r.error, r.description.is_empty()) {
+            (Some(e), _) => line.push_str(&format!("  error: {e}")),
+            (None, false) => line.push_str(&format!("  ({})", r.description)),
+            (None, true) => {}
+        }
+        println!("{}", line.trim_end());
+    }
+    Ok(0)
+}
+
+/// `dissolve VM…`: removes the unit and the plan of VMs whose unit is not
+/// active, then reloads systemd.
+pub fn dissolve(plan_dir: &Path, unit_dir: &Path, names: &[String]) -> Result<i32, CliError> {
+    let names = machine_names(names)?;
+    if control::systemd_running() {
+        let statuses =
+            control::unit_status(&units_of(&names)).map_err(|e| CliError(e.to_string()))?;
+        for s in &statuses {
+            if !matches!(s.active_state.as_str(), "inactive" | "failed" | "") {
+                return Err(CliError(format!(
+                    "{} is {}; stop it first",
+                    s.unit, s.active_state
+                )));
+            }
+        }
+    }
+    let mut code = 0;
+    for n in &names {
+        for path in [
+            unit_dir.join(unit_name(n)),
+            plan_dir.join(format!("{n}.json")),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => println!("removed {}", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    eprintln!("machina: {}: {e}", path.display());
+                    code = EXIT_FAILURE;
+                }
+            }
+        }
+    }
+    if control::systemd_running() {
+        control::daemon_reload().map_err(|e| CliError(e.to_string()))?;
+    }
+    Ok(code)
+}
