@@ -139,11 +139,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         &plan.to_json(),
         0o644,
     );
-    c.write_file(
-        &format!("/etc/machina/machina.conf.json"),
-        &host.to_string(),
-        0o644,
-    );
+    c.write_file("/etc/machina/machina.conf.json", &host.to_string(), 0o644);
     c.write_file(
         &format!("/etc/machina/machine.conf.d/{vm}.conf.json"),
         &machine.to_string(),
