@@ -381,7 +381,7 @@ async fn random_bytes_never_panic() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            bytes.push(if x % 50 == 0 { b'\n' } else { x as u8 });
+            bytes.push(if x.is_multiple_of(50) { b'\n' } else { x as u8 });
         }
         c.send_raw(&bytes).await;
         c.recv().await;
