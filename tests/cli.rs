@@ -81,7 +81,7 @@ fn list_and_cat() {
     assert!(list.contains("(Web front end (Debian 12))"));
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&machina(&["list", "--json"]))).unwrap();
-    assert_eq!(json[2]["name"], "web-01");
+    assert_eq!(json["machines"][2]["name"], "web-01");
 
     let two = stdout(&machina(&["cat", "web-01", "system"]));
     assert!(two.starts_with("----web-01----\n  Name: web-01\n"));
