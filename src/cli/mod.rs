@@ -294,11 +294,15 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             // Everything is built before anything is printed, so an error
             // leaves no partial output; only the lines are kept.
             let host = dir.load_host()?;
-            let mut lines = Vec::with_capacity(machines.len());
-            for name in machine_names(&machines)? {
-                let m = config::load_machine(&dir, &host, &name)?;
-                lines.push((name, qemu::options_line(&qemu::build(&m)?.options)));
-            }
+            let names = machine_names(&machines)?;
+            let lines = parallel_map(&names, |name| -> Result<String, CliError> {
+                let m = config::load_machine(&dir, &host, name)?;
+                Ok(qemu::options_line(&qemu::build(&m)?.options))
+            })
+            .into_iter()
+            .zip(&names)
+            .map(|(line, name)| line.map(|l| (name, l)))
+            .collect::<Result<Vec<_>, _>>()?;
             let mut out = std::io::BufWriter::new(out);
             let many = lines.len() > 1;
             for (i, (name, line)) in lines.iter().enumerate() {
@@ -422,6 +426,27 @@ fn cat(
         }
     }
     Ok(())
+}
+
+/// Maps `f` over `items` on every available core, keeping the order (a
+/// host with hundreds of VMs regenerates them all at once). Small inputs
+/// stay on this thread.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < 64 || threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("generation threads do not panic"))
+            .collect()
+    })
 }
 
 /// `<root>/<abs>`, or `abs` without a root.
