@@ -139,6 +139,7 @@ async fn missing_socket_fails_at_once() {
         .await
         .unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }), "{err}");
+    assert!(err.is_not_running());
     assert!(err.to_string().contains("nope.sock"), "{err}");
     assert_within(start, Duration::from_millis(100));
     let err = Client::connect_any(&[], &short()).await.unwrap_err();
@@ -381,7 +382,7 @@ async fn random_bytes_never_panic() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            bytes.push(if x % 50 == 0 { b'\n' } else { x as u8 });
+            bytes.push(if x.is_multiple_of(50) { b'\n' } else { x as u8 });
         }
         c.send_raw(&bytes).await;
         c.recv().await;
