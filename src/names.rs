@@ -245,7 +245,17 @@ mod tests {
     #[test]
     fn refuses_injection_and_traversal() {
         for n in [
-            "", "a,b", "a=b", "a b", "../x", ".hidden", "-flag", "a/b", "a\nb", "é", "$x",
+            "",
+            "a,b",
+            "a=b",
+            "a b",
+            "../x",
+            ".hidden",
+            "-flag",
+            "a/b",
+            "a\nb",
+            "é",
+            "$x",
         ] {
             assert!(check_name("volume", n).is_err(), "{n:?} accepted");
         }

@@ -35,13 +35,10 @@ pub fn is_root() -> bool {
 
 /// The QEMU binary, if installed.
 pub fn qemu_binary() -> Option<PathBuf> {
-    [
-        "/usr/bin/qemu-system-x86_64",
-        "/usr/local/bin/qemu-system-x86_64",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
+    ["/usr/bin/qemu-system-x86_64", "/usr/local/bin/qemu-system-x86_64"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Checks root, `/dev/kvm` (group-accessible), `/dev/net/tun` and QEMU.
