@@ -27,9 +27,39 @@ use std::time::{Duration, Instant};
 use machina::qmp::{self, Client, Options, ShutdownOptions, ShutdownOutcome};
 use qemu::Qemu;
 
-const ROUNDS: u64 = 10;
-const PER_ROUND: u64 = 1_000;
-const WARMUP: u64 = 200;
+/// How much to run: the full benchmark under `cargo bench` (which passes
+/// `--bench`), a quick machina-only smoke run under `cargo test
+/// --all-targets`, so the suite exercises this code without Python or its
+/// libraries.
+struct Plan {
+    full: bool,
+    rounds: u64,
+    per_round: u64,
+    warmup: u64,
+    shutdowns: usize,
+}
+
+impl Plan {
+    fn from_args() -> Plan {
+        if std::env::args().any(|a| a == "--bench") {
+            Plan {
+                full: true,
+                rounds: 10,
+                per_round: 1_000,
+                warmup: 200,
+                shutdowns: 7,
+            }
+        } else {
+            Plan {
+                full: false,
+                rounds: 1,
+                per_round: 100,
+                warmup: 10,
+                shutdowns: 1,
+            }
+        }
+    }
+}
 
 /// A Python client process driven over stdin/stdout.
 struct Py {
@@ -122,7 +152,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn round_trips(binary: &Path) -> Result<(), String> {
+fn round_trips(binary: &Path, plan: &Plan) -> Result<(), String> {
     let q = Qemu::start(binary, 4)?;
     let ct = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,20 +164,27 @@ fn round_trips(binary: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let machina_ct = Machina::start(ct, &q.sockets[0]);
     let machina_mt = Machina::start(mt, &q.sockets[1]);
-    let mut raw = Py::start("raw.py", &q.sockets[2])?;
-    let mut lib = match Py::start("qemu_qmp.py", &q.sockets[3]) {
-        Ok(p) => Some(p),
-        Err(e) => {
+    let mut raw = if plan.full {
+        Some(Py::start("raw.py", &q.sockets[2])?)
+    } else {
+        None
+    };
+    let mut lib = match plan.full.then(|| Py::start("qemu_qmp.py", &q.sockets[3])) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
             common::skip("qmp bench (qemu.qmp)", &e);
             None
         }
+        None => None,
     };
 
     // Same bytes: the raw client's request for id 2 is machina's.
     let ours = qmp::encode_command("query-status", None, 2);
-    let theirs = raw.ready.split_whitespace().nth(1).unwrap_or_default();
-    let ours_hex: String = ours.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(theirs, ours_hex, "raw.py must send machina's bytes");
+    if let Some(raw) = &raw {
+        let theirs = raw.ready.split_whitespace().nth(1).unwrap_or_default();
+        let ours_hex: String = ours.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(theirs, ours_hex, "raw.py must send machina's bytes");
+    }
     println!(
         "request: {} ({} bytes)",
         String::from_utf8_lossy(&ours).trim_end(),
@@ -164,27 +201,30 @@ fn round_trips(binary: &Path) -> Result<(), String> {
         match i {
             0 => Some(machina_ct.run(n)),
             1 => Some(machina_mt.run(n)),
-            2 => Some(raw.run(n)),
+            2 => raw.as_mut().map(|r| r.run(n)),
             _ => lib.as_mut().map(|l| l.run(n)),
         }
     };
     for i in 0..names.len() {
-        run(i, WARMUP);
+        run(i, plan.warmup);
     }
     let mut total = [Duration::ZERO; 4];
     let mut per_round: [Vec<f64>; 4] = Default::default();
-    for round in 0..ROUNDS as usize {
+    for round in 0..plan.rounds as usize {
         // Rotate the order each round so no client always goes first.
         for k in 0..names.len() {
             let i = (round + k) % names.len();
-            if let Some(d) = run(i, PER_ROUND) {
+            if let Some(d) = run(i, plan.per_round) {
                 total[i] += d;
-                per_round[i].push(us_per(d, PER_ROUND));
+                per_round[i].push(us_per(d, plan.per_round));
             }
         }
     }
-    let n = ROUNDS * PER_ROUND;
-    println!("{n} query-status round trips per client, {ROUNDS} alternated rounds of {PER_ROUND}:");
+    let n = plan.rounds * plan.per_round;
+    println!(
+        "{n} query-status round trips per client, {} alternated rounds of {}:",
+        plan.rounds, plan.per_round
+    );
     let mean: Vec<f64> = total.iter().map(|d| us_per(*d, n)).collect();
     for i in 0..names.len() {
         if per_round[i].is_empty() {
@@ -198,7 +238,9 @@ fn round_trips(binary: &Path) -> Result<(), String> {
         );
     }
     for (i, name) in names.iter().enumerate().take(2) {
-        println!("  {name}: {:.3} x raw python", mean[i] / mean[2]);
+        if !per_round[2].is_empty() {
+            println!("  {name}: {:.3} x raw python", mean[i] / mean[2]);
+        }
         if !per_round[3].is_empty() {
             println!("  {name}: {:.3} x qemu.qmp", mean[i] / mean[3]);
         }
@@ -206,13 +248,13 @@ fn round_trips(binary: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn exit_to_return(binary: &Path) -> Result<(), String> {
+fn exit_to_return(binary: &Path, plan: &Plan) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let mut deltas = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..plan.shutdowns {
         let mut q = Qemu::start(binary, 1)?;
         q.watch_exit();
         // A zero timeout sends `quit` right after the first powerdown.
@@ -249,11 +291,11 @@ fn exit_to_return(binary: &Path) -> Result<(), String> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let plan = Plan::from_args();
     let Some(binary) = common::privileged("qmp bench") else {
         return;
     };
-    if let Err(e) = round_trips(&binary).and_then(|()| exit_to_return(&binary)) {
+    if let Err(e) = round_trips(&binary, &plan).and_then(|()| exit_to_return(&binary, &plan)) {
         eprintln!("qmp bench failed: {e}");
         std::process::exit(1);
     }
