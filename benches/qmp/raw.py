@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Raw-socket QMP client for benches/qmp.rs: the floor machina is measured
-against. It sends exactly the bytes machina's client sends (compact request,
-numeric id counting up from 1 for qmp_capabilities) and reads each reply
-line without parsing it.
+against. It sends exactly the bytes machina's client sends, which the bench
+passes in hex (argv[2]: the qmp_capabilities request, argv[3]: the
+query-status request), and reads each reply line without parsing it.
 
-Protocol with the bench: prints "ready <hex of the request for id 2>" once
-connected, then for each line N on stdin performs N query-status round
-trips and prints the elapsed nanoseconds.
+Protocol with the bench: prints "ready" once connected, then for each line
+N on stdin performs N query-status round trips and prints the elapsed
+nanoseconds.
 """
 import socket
 import sys
@@ -28,20 +28,17 @@ def main():
         line, _, buf = buf.partition(b"\n")
         return line
 
-    def request(cmd, n):
-        return b'{"execute":"%s","id":%d}\n' % (cmd, n)
-
+    capabilities = bytes.fromhex(sys.argv[2])
+    query = bytes.fromhex(sys.argv[3])
     read_line()  # greeting
-    sock.sendall(request(b"qmp_capabilities", 1))
+    sock.sendall(capabilities)
     read_line()
-    next_id = 2
-    print("ready", request(b"query-status", 2).hex(), flush=True)
+    print("ready", flush=True)
     for line in sys.stdin:
         n = int(line)
         start = time.perf_counter_ns()
         for _ in range(n):
-            sock.sendall(request(b"query-status", next_id))
-            next_id += 1
+            sock.sendall(query)
             read_line()
         print(time.perf_counter_ns() - start, flush=True)
 
