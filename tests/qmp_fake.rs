@@ -819,3 +819,24 @@ async fn dropping_the_client_frees_the_socket() {
     assert!(eof);
     let _ = UnixStream::connect(&f.path).await; // the listener is gone; must not matter
 }
+
+/// The CLI runs these for many VMs at once with `tokio::spawn`, so their
+/// futures must be `Send` (checked at compile time).
+#[test]
+fn operation_futures_are_send() {
+    fn assert_send<T: Send>(_: T) {}
+    let paths: Vec<PathBuf> = Vec::new();
+    let opts = Options::default();
+    let sopts = ShutdownOptions::default();
+    let (tx, _rx) = std::sync::mpsc::channel::<String>();
+    let tx2 = tx.clone();
+    assert_send(qmp::shutdown("vm", &paths, &sopts, move |l| {
+        let _ = tx.send(l.to_owned());
+    }));
+    assert_send(qmp::observe("vm", &paths, true, &opts, move |l| {
+        let _ = tx2.send(l.to_owned());
+    }));
+    assert_send(qmp::query(&paths, qmp::Query::Cpus, &opts));
+    assert_send(qmp::ping(&paths, Duration::from_millis(1)));
+    assert_send(Client::connect_any(&paths, &opts));
+}
