@@ -44,8 +44,8 @@ impl Plan {
         if std::env::args().any(|a| a == "--bench") {
             Plan {
                 full: true,
-                rounds: 10,
-                per_round: 1_000,
+                rounds: 50,
+                per_round: 200,
                 warmup: 200,
                 shutdowns: 7,
             }
@@ -229,6 +229,30 @@ fn round_trips(binary: &Path, plan: &Plan) -> Result<(), String> {
         plan.rounds, plan.per_round
     );
     let mean: Vec<f64> = total.iter().map(|d| us_per(*d, n)).collect();
+    // Ratios of rounds run back to back cancel the drift of a shared
+    // machine's load; their median is the robust comparison.
+    let paired = |a: usize, b: usize| -> Option<f64> {
+        if per_round[a].is_empty() || per_round[b].is_empty() {
+            return None;
+        }
+        let mut r: Vec<f64> = per_round[a]
+            .iter()
+            .zip(&per_round[b])
+            .map(|(x, y)| x / y)
+            .collect();
+        Some(median(&mut r))
+    };
+    let mut ratios = Vec::new();
+    for (i, name) in names.iter().enumerate().take(2) {
+        for (j, other) in [(2, "raw python"), (3, "qemu.qmp")] {
+            if let Some(p) = paired(i, j) {
+                ratios.push(format!(
+                    "  {name}: {:.3} x {other} (mean), {p:.3} (median of paired rounds)",
+                    mean[i] / mean[j]
+                ));
+            }
+        }
+    }
     for i in 0..names.len() {
         if per_round[i].is_empty() {
             continue;
@@ -240,13 +264,8 @@ fn round_trips(binary: &Path, plan: &Plan) -> Result<(), String> {
             median(&mut per_round[i])
         );
     }
-    for (i, name) in names.iter().enumerate().take(2) {
-        if !per_round[2].is_empty() {
-            println!("  {name}: {:.3} x raw python", mean[i] / mean[2]);
-        }
-        if !per_round[3].is_empty() {
-            println!("  {name}: {:.3} x qemu.qmp", mean[i] / mean[3]);
-        }
+    for line in ratios {
+        println!("{line}");
     }
     Ok(())
 }
