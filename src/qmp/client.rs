@@ -357,12 +357,11 @@ impl Client {
                 guard.done = true;
                 if let Err(e) = written {
                     drop(guard);
-                    let err = QmpError::Write {
+                    shared.close(format!("write failed: {e}"));
+                    return Err(QmpError::Write {
                         path: shared.path.clone(),
                         source: Arc::new(e),
-                    };
-                    shared.close(err.to_string());
-                    return Err(err);
+                    });
                 }
             }
             match rx.await {
