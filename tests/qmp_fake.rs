@@ -42,11 +42,11 @@ impl Conn {
             Ok(_) => Some(serde_json::from_str(&line).expect("client sent invalid JSON")),
         }
     }
-    /// Reads a request and answers it with `{"return": ret, "id": …}`.
+    /// Reads a request and answers it with `{"return": ret}`, plus the
+    /// request's `id` if it had one (as QEMU does).
     async fn answer(&mut self, ret: Value) -> Option<Value> {
         let req = self.recv().await?;
-        let reply = json!({"return": ret, "id": req["id"]});
-        self.send(&reply.to_string()).await;
+        self.send(&with_id(json!({"return": ret}), &req)).await;
         Some(req)
     }
     /// Greeting plus `qmp_capabilities`, as QEMU does.
@@ -55,6 +55,14 @@ impl Conn {
         let req = self.answer(json!({})).await.expect("no qmp_capabilities");
         assert_eq!(req["execute"], "qmp_capabilities");
     }
+}
+
+/// `reply` as a line, with `req`'s id copied when present.
+fn with_id(mut reply: Value, req: &Value) -> String {
+    if let Some(id) = req.get("id") {
+        reply["id"] = id.clone();
+    }
+    reply.to_string()
 }
 
 /// Serves `script` on the first connection to a fresh socket.
@@ -121,7 +129,8 @@ async fn handshake_and_query() {
             .answer(json!({"status": "prelaunch", "running": false}))
             .await
             .unwrap();
-        assert_eq!(req, json!({"execute": "query-status", "id": 2}));
+        // Compact and id-less by default: QEMU reads it byte by byte.
+        assert_eq!(req, json!({"execute": "query-status"}));
         c.recv().await; // hold the socket open until the client leaves
     });
     let (client, greeting) = Client::connect(&f.path, &short()).await.unwrap();
@@ -139,6 +148,7 @@ async fn missing_socket_fails_at_once() {
         .await
         .unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }), "{err}");
+    assert!(err.is_not_running());
     assert!(err.to_string().contains("nope.sock"), "{err}");
     assert_within(start, Duration::from_millis(100));
     let err = Client::connect_any(&[], &short()).await.unwrap_err();
@@ -360,7 +370,11 @@ async fn garbage_is_tolerated_up_to_a_bound() {
         }
         c.recv().await;
     });
-    let client = connect(&f).await;
+    let opts = Options {
+        send_ids: true,
+        ..short()
+    };
+    let client = Client::connect(&f.path, &opts).await.unwrap().0;
     let v = client.execute("query-status", None).await.unwrap();
     assert_eq!(v, json!({"ok": true}));
     let err = client.execute("query-status", None).await.unwrap_err();
@@ -428,14 +442,36 @@ async fn unknown_events_and_fields_decode() {
 }
 
 #[tokio::test]
+async fn late_reply_is_not_given_to_the_next_command() {
+    let f = fake(|mut c| async move {
+        c.handshake().await;
+        c.recv().await.unwrap();
+        // Stay silent past the client's timeout, then answer both.
+        let second = c.recv().await.unwrap();
+        assert_eq!(second["arguments"]["n"], 2);
+        c.send(r#"{"return": "first"}"#).await;
+        c.send(r#"{"return": "second"}"#).await;
+        c.recv().await;
+    });
+    let client = connect(&f).await;
+    let err = client
+        .execute("echo", Some(json!({"n": 1})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+    let v = client.execute("echo", Some(json!({"n": 2}))).await.unwrap();
+    assert_eq!(v, "second");
+}
+
+#[tokio::test]
 async fn qmp_errors_become_command_errors() {
     let f = fake(|mut c| async move {
         c.handshake().await;
         let req = c.recv().await.unwrap();
-        c.send(
-            &json!({"error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}, "id": req["id"]})
-                .to_string(),
-        )
+        c.send(&with_id(
+            json!({"error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}}),
+            &req,
+        ))
         .await;
         c.recv().await;
     });
@@ -456,22 +492,38 @@ async fn qmp_errors_become_command_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commands_match_replies_by_id() {
+async fn concurrent_commands_get_their_own_replies() {
+    // With ids the server may answer in any order (here reversed); without
+    // ids, in order, as QEMU does for in-band commands.
+    for send_ids in [true, false] {
+        concurrent_commands(send_ids).await;
+    }
+}
+
+async fn concurrent_commands(send_ids: bool) {
     const N: usize = 20;
-    let f = fake(|mut c| async move {
+    let f = fake(move |mut c| async move {
         c.handshake().await;
         let mut reqs = Vec::new();
         for _ in 0..N {
             reqs.push(c.recv().await.unwrap());
         }
-        // Answer in reverse order, echoing each command's argument.
-        for req in reqs.iter().rev() {
-            let reply = json!({"return": req["arguments"]["n"], "id": req["id"]});
-            c.send(&reply.to_string()).await;
+        assert_eq!(reqs[0].get("id").is_some(), send_ids);
+        if send_ids {
+            reqs.reverse();
+        }
+        // Echo each command's argument.
+        for req in &reqs {
+            c.send(&with_id(json!({"return": req["arguments"]["n"]}), req))
+                .await;
         }
         c.recv().await;
     });
-    let client = connect(&f).await;
+    let opts = Options {
+        send_ids,
+        ..short()
+    };
+    let client = Client::connect(&f.path, &opts).await.unwrap().0;
     let tasks: Vec<_> = (0..N)
         .map(|n| {
             let client = client.clone();
@@ -515,7 +567,7 @@ fn fast_shutdown(wait: bool, timeout: Option<Duration>) -> ShutdownOptions {
     ShutdownOptions {
         wait,
         timeout,
-        powerdown_interval: Duration::from_millis(100),
+        powerdown_interval: Duration::from_millis(200),
         quit_grace: Duration::from_millis(300),
         client: short(),
     }
@@ -595,20 +647,19 @@ async fn shutdown_repeats_powerdown_then_quits() {
     let out = qmp::shutdown(
         "vm1",
         std::slice::from_ref(&f.path),
-        &fast_shutdown(false, Some(Duration::from_millis(350))),
+        &fast_shutdown(false, Some(Duration::from_millis(500))),
         |l| lines.push(l.to_owned()),
     )
     .await
     .unwrap();
     assert_eq!(out, ShutdownOutcome::Completed { quit_sent: true });
-    assert_within(start, Duration::from_millis(700));
+    assert_within(start, Duration::from_millis(1000));
     let log = rx.await.unwrap();
     let cmds: Vec<&str> = log.iter().map(|(c, _)| c.as_str()).collect();
-    // Powerdown at 0, 100, 200, 300 ms, quit at 350 ms.
+    // Powerdown at 0, 200, 400 ms, quit at 500 ms.
     assert_eq!(
         cmds,
         [
-            "system_powerdown",
             "system_powerdown",
             "system_powerdown",
             "system_powerdown",
@@ -616,7 +667,7 @@ async fn shutdown_repeats_powerdown_then_quits() {
         ],
         "{log:?}"
     );
-    assert!(log[4].1 >= Duration::from_millis(340), "{log:?}");
+    assert!(log[3].1 >= Duration::from_millis(490), "{log:?}");
     assert_eq!(
         lines,
         [
@@ -654,9 +705,10 @@ async fn shutdown_refused_is_an_error() {
     let f = fake(|mut c| async move {
         c.handshake().await;
         let req = c.recv().await.unwrap();
-        c.send(
-            &json!({"error": {"class": "GenericError", "desc": "no"}, "id": req["id"]}).to_string(),
-        )
+        c.send(&with_id(
+            json!({"error": {"class": "GenericError", "desc": "no"}}),
+            &req,
+        ))
         .await;
         c.recv().await;
     });
@@ -765,4 +817,25 @@ async fn dropping_the_client_frees_the_socket() {
         .unwrap();
     assert!(eof);
     let _ = UnixStream::connect(&f.path).await; // the listener is gone; must not matter
+}
+
+/// The CLI runs these for many VMs at once with `tokio::spawn`, so their
+/// futures must be `Send` (checked at compile time).
+#[test]
+fn operation_futures_are_send() {
+    fn assert_send<T: Send>(_: T) {}
+    let paths: Vec<PathBuf> = Vec::new();
+    let opts = Options::default();
+    let sopts = ShutdownOptions::default();
+    let (tx, _rx) = std::sync::mpsc::channel::<String>();
+    let tx2 = tx.clone();
+    assert_send(qmp::shutdown("vm", &paths, &sopts, move |l| {
+        let _ = tx.send(l.to_owned());
+    }));
+    assert_send(qmp::observe("vm", &paths, true, &opts, move |l| {
+        let _ = tx2.send(l.to_owned());
+    }));
+    assert_send(qmp::query(&paths, qmp::Query::Cpus, &opts));
+    assert_send(qmp::ping(&paths, Duration::from_millis(1)));
+    assert_send(Client::connect_any(&paths, &opts));
 }

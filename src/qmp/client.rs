@@ -4,8 +4,18 @@
 //! replies to waiting commands by id and fans events out over a broadcast
 //! channel. Commands share the write half behind a mutex, so a [`Client`] is
 //! safe to use from several tasks at once.
+//!
+//! Reply matching: QEMU runs a monitor's in-band commands one at a time and
+//! answers them in order (machina never enables out-of-band execution), so
+//! by default requests carry no `id` and replies are matched first-in,
+//! first-out. QEMU 7.2 reads requests one byte per system call: measured
+//! here, `{"execute":"query-status"}` costs 265 µs a round trip, 310 µs with
+//! a numeric id and 362 µs with the Go client's `"machina.0.N"` id. A
+//! command that timed out keeps its place in the queue, so its late reply is
+//! discarded rather than handed to the next command. [`Options::send_ids`]
+//! switches to numeric ids, matched by value.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +52,10 @@ pub struct Options {
     /// Events buffered per subscriber; a slower subscriber loses the oldest
     /// ones and is told how many (`RecvError::Lagged`).
     pub event_buffer: usize,
+    /// Send a numeric `id` with every request and match replies by it,
+    /// instead of the default first-in, first-out matching of id-less
+    /// requests (shorter requests, which QEMU reads faster).
+    pub send_ids: bool,
 }
 
 impl Default for Options {
@@ -53,6 +67,7 @@ impl Default for Options {
             max_line: MAX_LINE,
             max_garbage: 10,
             event_buffer: 256,
+            send_ids: false,
         }
     }
 }
@@ -78,8 +93,18 @@ struct Shared {
     closed_tx: watch::Sender<bool>,
 }
 
+/// A request written to QEMU and not yet answered, in write order.
+struct Slot {
+    /// Internal sequence number (also the wire id with `send_ids`).
+    seq: u64,
+    command: String,
+    /// `None` once the caller gave up (timeout or drop): the slot stays so
+    /// that the late reply is matched to it and discarded.
+    tx: Option<oneshot::Sender<Reply>>,
+}
+
 struct State {
-    pending: HashMap<u64, (String, oneshot::Sender<Reply>)>,
+    pending: VecDeque<Slot>,
     events: Option<broadcast::Sender<Event>>,
     /// Set once the session has ended; later commands fail with it at once.
     closed: Option<QmpError>,
@@ -108,8 +133,10 @@ impl Shared {
             st.events = None;
             std::mem::take(&mut st.pending)
         };
-        for (_, (_, tx)) in pending {
-            let _ = tx.send(Err(err.clone()));
+        for slot in pending {
+            if let Some(tx) = slot.tx {
+                let _ = tx.send(Err(err.clone()));
+            }
         }
         self.closed_tx.send_replace(true);
     }
@@ -120,6 +147,7 @@ struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     next_id: AtomicU64,
     command_timeout: Duration,
+    send_ids: bool,
     reader: AbortHandle,
     /// Subscribed before the handshake, handed to the first caller of
     /// [`Client::events`] so that no event after the greeting is missed.
@@ -150,15 +178,19 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Removes a pending entry when a command is abandoned (timeout or drop).
+/// Marks a pending request abandoned when its caller gives up (timeout or
+/// drop); the slot itself stays until its reply arrives.
 struct PendingGuard<'a> {
     shared: &'a Shared,
-    id: u64,
+    seq: u64,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared.lock().pending.remove(&self.id);
+        let mut st = self.shared.lock();
+        if let Some(slot) = st.pending.iter_mut().find(|s| s.seq == self.seq) {
+            slot.tx = None;
+        }
     }
 }
 
@@ -215,7 +247,7 @@ impl Client {
         let shared = Arc::new(Shared {
             path: path.to_owned(),
             state: Mutex::new(State {
-                pending: HashMap::new(),
+                pending: VecDeque::new(),
                 events: Some(events),
                 closed: None,
             }),
@@ -227,6 +259,7 @@ impl Client {
             Arc::clone(&shared),
             opts.max_line,
             opts.max_garbage,
+            opts.send_ids,
         ));
         let client = Client {
             inner: Arc::new(Inner {
@@ -234,6 +267,7 @@ impl Client {
                 writer: tokio::sync::Mutex::new(wr),
                 next_id: AtomicU64::new(1),
                 command_timeout: opts.command_timeout,
+                send_ids: opts.send_ids,
                 reader: task.abort_handle(),
                 first_events: Mutex::new(Some(first_events)),
             }),
@@ -293,20 +327,28 @@ impl Client {
         limit: Duration,
     ) -> Result<Value, QmpError> {
         let shared = &*self.inner.shared;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut st = shared.lock();
-            if let Some(err) = &st.closed {
-                return Err(err.clone());
-            }
-            st.pending.insert(id, (command.to_owned(), tx));
+        if let Some(err) = &shared.lock().closed {
+            return Err(err.clone());
         }
-        let _pending = PendingGuard { shared, id };
-        let line = encode_command(command, arguments, id);
+        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = encode_command(command, arguments, self.inner.send_ids.then_some(seq));
+        let (tx, rx) = oneshot::channel();
+        let _pending = PendingGuard { shared, seq };
         let exchange = async {
             {
                 let mut w = self.inner.writer.lock().await;
+                // Queued under the write lock, so queue order is wire order.
+                {
+                    let mut st = shared.lock();
+                    if let Some(err) = &st.closed {
+                        return Err(err.clone());
+                    }
+                    st.pending.push_back(Slot {
+                        seq,
+                        command: command.to_owned(),
+                        tx: Some(tx),
+                    });
+                }
                 let mut guard = WriteGuard {
                     shared,
                     done: false,
@@ -315,12 +357,11 @@ impl Client {
                 guard.done = true;
                 if let Err(e) = written {
                     drop(guard);
-                    let err = QmpError::Write {
+                    shared.close(format!("write failed: {e}"));
+                    return Err(QmpError::Write {
                         path: shared.path.clone(),
                         source: Arc::new(e),
-                    };
-                    shared.close(err.to_string());
-                    return Err(err);
+                    });
                 }
             }
             match rx.await {
@@ -457,9 +498,20 @@ async fn read_greeting(
     }
 }
 
-/// Reply ids are the numbers machina sent; anything else is foreign.
-fn reply_id(id: &Option<Value>) -> Option<u64> {
-    id.as_ref().and_then(Value::as_u64)
+/// Finds the request a reply answers. A reply with an id answers the
+/// request that sent that number (anything else is foreign and ignored);
+/// without ids, replies answer requests in order.
+fn take_slot(shared: &Shared, id: Option<Value>, send_ids: bool) -> Option<Slot> {
+    let mut st = shared.lock();
+    match id {
+        Some(id) if !id.is_null() => {
+            let seq = id.as_u64()?;
+            let pos = st.pending.iter().position(|s| s.seq == seq)?;
+            st.pending.remove(pos)
+        }
+        _ if send_ids => None,
+        _ => st.pending.pop_front(),
+    }
 }
 
 async fn read_loop(
@@ -468,6 +520,7 @@ async fn read_loop(
     shared: Arc<Shared>,
     max_line: usize,
     max_garbage: usize,
+    send_ids: bool,
 ) {
     let mut garbage = 0usize;
     let reason = loop {
@@ -493,24 +546,27 @@ async fn read_loop(
             }
         };
         match msg {
-            Message::Return { id, value } => {
-                if let Some(tx) = reply_id(&id).and_then(|id| shared.lock().pending.remove(&id)) {
-                    let _ = tx.1.send(Ok(value));
+            Message::Return { id, value } => match take_slot(&shared, id, send_ids) {
+                Some(Slot { tx: Some(tx), .. }) => {
+                    let _ = tx.send(Ok(value));
                 }
-            }
-            Message::Error { id, class, desc } => {
-                if let Some((command, tx)) =
-                    reply_id(&id).and_then(|id| shared.lock().pending.remove(&id))
-                {
+                Some(slot) => tracing::debug!("QMP: late reply to {} discarded", slot.command),
+                None => tracing::debug!("QMP: unmatched reply {}", snippet(&buf)),
+            },
+            Message::Error { id, class, desc } => match take_slot(&shared, id, send_ids) {
+                Some(Slot {
+                    tx: Some(tx),
+                    command,
+                    ..
+                }) => {
                     let _ = tx.send(Err(QmpError::Command {
                         command,
                         class,
                         desc,
                     }));
-                } else {
-                    tracing::debug!("QMP: unmatched error reply: {class}: {desc}");
                 }
-            }
+                _ => tracing::debug!("QMP: unmatched error reply: {class}: {desc}"),
+            },
             Message::Event(ev) => {
                 if let Some(tx) = &shared.lock().events {
                     // No subscriber is not an error.

@@ -197,9 +197,10 @@ fn decode_greeting(qmp: Value) -> Result<Greeting, DecodeError> {
 /// Encodes a command as one compact line, ending in `\n`.
 ///
 /// QEMU 7.2 reads QMP input one byte per system call (about 4 µs a byte), so
-/// the request is kept as short as the protocol allows: no spaces, a numeric
-/// id, `arguments` only when given. Example: `{"execute":"query-status","id":3}`.
-pub fn encode_command(command: &str, arguments: Option<&Value>, id: u64) -> Vec<u8> {
+/// the request is kept as short as the protocol allows: no spaces,
+/// `arguments` only when given, an `id` (a number) only when given.
+/// Example: `{"execute":"query-status"}`.
+pub fn encode_command(command: &str, arguments: Option<&Value>, id: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + command.len());
     out.extend_from_slice(b"{\"execute\":");
     // Serialising a &str or a Value into a Vec cannot fail.
@@ -208,8 +209,10 @@ pub fn encode_command(command: &str, arguments: Option<&Value>, id: u64) -> Vec<
         out.extend_from_slice(b",\"arguments\":");
         let _ = serde_json::to_writer(&mut out, args);
     }
-    out.extend_from_slice(b",\"id\":");
-    out.extend_from_slice(id.to_string().as_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(id.to_string().as_bytes());
+    }
     out.extend_from_slice(b"}\n");
     out
 }
@@ -330,11 +333,15 @@ mod tests {
     #[test]
     fn requests_are_compact() {
         assert_eq!(
-            encode_command("query-status", None, 3),
+            encode_command("query-status", None, None),
+            b"{\"execute\":\"query-status\"}\n"
+        );
+        assert_eq!(
+            encode_command("query-status", None, Some(3)),
             b"{\"execute\":\"query-status\",\"id\":3}\n"
         );
         assert_eq!(
-            encode_command("x\"y", Some(&json!({"a":[1]})), 12),
+            encode_command("x\"y", Some(&json!({"a":[1]})), Some(12)),
             b"{\"execute\":\"x\\\"y\",\"arguments\":{\"a\":[1]},\"id\":12}\n"
         );
     }

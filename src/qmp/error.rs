@@ -98,4 +98,13 @@ impl QmpError {
     pub fn is_closed(&self) -> bool {
         matches!(self, QmpError::Closed { .. } | QmpError::Write { .. })
     }
+
+    /// Whether the socket is absent or nobody listens on it: QEMU is not
+    /// running (never started, or already exited). A caller such as
+    /// `ExecStop=` may treat this as "already stopped".
+    pub fn is_not_running(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(self, QmpError::Connect { source, .. }
+            if matches!(source.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused))
+    }
 }

@@ -12,6 +12,11 @@
 //! this module must never do. machina needs five commands and never
 //! interprets events, so untyped [`serde_json::Value`]s are enough.
 //!
+//! For the `machina` subcommands: [`shutdown`] (ExecStop and `machina
+//! shutdown`), [`observe`], [`query`] with [`pretty_tabs`] for output, and
+//! [`ping`] for `machina status`. Each takes the VM's socket paths in the
+//! order to try them; QEMU serves one client per socket, hence several.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), machina::qmp::QmpError> {
 //! use machina::qmp::{Client, Options};

@@ -167,7 +167,12 @@ pub async fn shutdown(
             _ = ticker.tick(), if quit_deadline.is_none() && resend.is_none() => {
                 resend = Some(Box::pin(client.execute("system_powerdown", None)));
             }
-            res = async { resend.as_mut().expect("guarded by is_some").await }, if resend.is_some() => {
+            res = async {
+                match resend.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if resend.is_some() => {
                 resend = None;
                 match res {
                     // The socket closing is reported by the event stream.
@@ -254,7 +259,8 @@ pub async fn query(sockets: &[PathBuf], what: Query, opts: &Options) -> Result<V
 }
 
 /// Whether one of the sockets answers QMP (greeting and capabilities
-/// negotiated) within `limit`, for `machina status`.
+/// negotiated), for `machina status`. Each socket tried gets `limit` for
+/// connecting, the greeting and the capabilities reply.
 pub async fn ping(sockets: &[PathBuf], limit: Duration) -> bool {
     Client::connect_any(sockets, &Options::with_timeout(limit))
         .await

@@ -58,6 +58,11 @@ impl Qemu {
     /// Starts QEMU with `sockets` QMP monitors and waits until every socket
     /// exists. Fails with QEMU's stderr if it exits first.
     pub fn start(binary: &Path, sockets: usize) -> Result<Qemu, String> {
+        Qemu::start_with(binary, sockets, &[])
+    }
+
+    /// Like [`Qemu::start`], with extra arguments (e.g. `-device …`).
+    pub fn start_with(binary: &Path, sockets: usize, extra: &[&str]) -> Result<Qemu, String> {
         let dir = TempDir::new("qmp").map_err(|e| format!("temp dir: {e}"))?;
         let paths: Vec<PathBuf> = (0..sockets)
             .map(|i| dir.path().join(format!("qmp{i}.sock")))
@@ -84,6 +89,7 @@ impl Qemu {
             ));
             cmd.arg("-mon").arg(format!("chardev=qmp{i},mode=control"));
         }
+        cmd.args(extra);
         let stderr_path = dir.path().join("stderr");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null())
