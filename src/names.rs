@@ -184,6 +184,22 @@ name_type!(
     "device class"
 );
 
+/// Whether `s` is a PCI address like `0000:c1:00.0`, in lowercase hex as
+/// sysfs names devices. Anything else could traverse out of a sysfs path.
+pub fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && matches!(b[11], b'0'..=b'7')
+}
+
 /// A Linux network interface name: 1 to 15 bytes, no `/`, whitespace, `:`
 /// or control characters (the kernel's `dev_valid_name` rule, stricter).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

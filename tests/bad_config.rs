@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::TempDir;
+
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -522,13 +524,6 @@ fn cases() -> Vec<Bad> {
     ]
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn write_case(dir: &Path, case: &Case) {
     std::fs::create_dir_all(dir.join("machine.conf.d")).unwrap();
     let (mut h, mut m) = (base_host(), base_machine());
@@ -548,8 +543,7 @@ fn write_case(dir: &Path, case: &Case) {
 
 #[test]
 fn base_config_is_valid() {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("machina-bad-base-{}", std::process::id())));
+    let dir = TempDir::new("bad-base");
     write_case(&dir.0, &Case::Json(|_, _| {}));
     let out = Command::new(common::bin("machina"))
         .arg("--config-dir")
@@ -570,8 +564,7 @@ fn bad_configurations_fail_cleanly() {
     assert!(cases.len() >= 30);
     let mut failures = Vec::new();
     for (i, bad) in cases.iter().enumerate() {
-        let dir =
-            TempDir(std::env::temp_dir().join(format!("machina-bad-{}-{i}", std::process::id())));
+        let dir = TempDir::new(&format!("bad-{i}"));
         write_case(&dir.0, &bad.case);
         let plan_dir = dir.0.join("plans");
         for cmd in [

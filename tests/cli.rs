@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::TempDir;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,21 +28,6 @@ fn stdout(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("machina-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -119,7 +106,7 @@ fn args_for_several_machines() {
 
 #[test]
 fn gen_writes_plans_that_keep_their_ids() {
-    let root = TempDir::new("gen");
+    let root = TempDir::new("cli-gen");
     let r = root.0.to_str().unwrap();
     stdout(&machina(&["gen", "--root", r, "web-01", "test-vm"]));
     let plan_path = root.0.join("etc/machina/launch/web-01.json");

@@ -6,7 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::TempDir;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nspawn::{Container, BIN_MOUNT};
@@ -16,13 +18,6 @@ use serde_json::json;
 
 const POOL: &str = "/var/lib/machina-e2e/disks";
 const GUEST: &str = "/var/lib/machina-e2e/guest";
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn wait_for(c: &Container, unit: &str, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -46,8 +41,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         return;
     };
     let vm = format!("e2e{}", std::process::id());
-    let tmp =
-        TempDir(std::env::temp_dir().join(format!("machina-e2e-systemd-{}", std::process::id())));
+    let tmp = TempDir::new("e2e-systemd");
     let config = tmp.0.join("config");
     std::fs::create_dir_all(config.join("machine.conf.d")).unwrap();
     let host = json!({

@@ -12,6 +12,8 @@
 
 mod common;
 
+use common::TempDir;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
@@ -180,21 +182,6 @@ fn wait_for(c: &Container, unit: &str, what: &str, timeout: Duration, mut f: imp
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("machina-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

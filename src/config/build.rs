@@ -931,10 +931,12 @@ fn mdev_parent(
     heterogeneous: bool,
 ) -> Result<MdevParent, ConfigError> {
     let origin = Origin::new(ctx.host.path, key);
-    if !is_pci_address(address) {
+    if !crate::names::is_pci_address(address) {
         return Err(ConfigError::invalid(
             &origin.key("address"),
-            format!("{address:?} is not a PCI address like 0000:c1:00.0"),
+            format!(
+                "{address:?} is not a PCI address like 0000:c1:00.0 (lowercase, as sysfs names it)"
+            ),
         ));
     }
     if type_name.is_empty() {
@@ -947,20 +949,6 @@ fn mdev_parent(
         placements: placements.to_vec(),
         heterogeneous,
     })
-}
-
-/// `dddd:bb:dd.f` in lowercase or uppercase hex.
-pub fn is_pci_address(s: &str) -> bool {
-    let b = s.as_bytes();
-    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
-    b.len() == 12
-        && hex(0..4)
-        && b[4] == b':'
-        && hex(5..7)
-        && b[7] == b':'
-        && hex(8..10)
-        && b[10] == b'.'
-        && (b'0'..=b'7').contains(&b[11])
 }
 
 #[cfg(test)]
@@ -996,7 +984,9 @@ mod tests {
         assert!(check_mac("53:54:00:26:77:fa").is_err());
         assert!(check_mac("52:54:00:26:77").is_err());
         assert!(check_mac("52:54:00:26:77:fa,x=y").is_err());
+        use crate::names::is_pci_address;
         assert!(is_pci_address("0000:c1:00.0"));
+        assert!(!is_pci_address("0000:C1:00.0"), "sysfs names are lowercase");
         assert!(!is_pci_address("0000:c1:00.0/../x"));
         assert!(!is_pci_address("0000:c1:00.8"));
     }

@@ -9,7 +9,7 @@ pub mod model;
 pub mod pattern;
 pub mod schema;
 
-pub use build::{build, is_pci_address, link_name, Host, MIN_PORT};
+pub use build::{build, link_name, Host, MIN_PORT};
 pub use error::{ConfigError, Origin};
 pub use load::{parse, ConfigDir, DEFAULT_CONFIG_DIR, HOST_FILE, MACHINE_DIR, MACHINE_SUFFIX};
 pub use model::Machine;

@@ -27,22 +27,6 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for a created or removed device to show in sysfs.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Whether `s` is a PCI address like `0000:c1:00.0` (lowercase, as sysfs
-/// names them). Anything else could traverse out of sysfs.
-pub fn valid_pci_address(s: &str) -> bool {
-    let b = s.as_bytes();
-    let hex =
-        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-    b.len() == 12
-        && hex(0..4)
-        && b[4] == b':'
-        && hex(5..7)
-        && b[7] == b':'
-        && hex(8..10)
-        && b[10] == b'.'
-        && matches!(b[11], b'0'..=b'7')
-}
-
 /// The sysfs directory of mediated device `uuid`.
 pub fn device_dir(sysfs_root: &Path, uuid: &Uuid) -> PathBuf {
     sysfs_root
@@ -140,7 +124,7 @@ pub fn prepare(
 fn create(m: &plan::Mdev, pci: &Path, dev: &Path) -> Result<()> {
     let mut tried = Vec::new();
     for p in &m.parents {
-        if !valid_pci_address(&p.address) {
+        if !crate::names::is_pci_address(&p.address) {
             return Err(Error::Mdev(format!(
                 "parent address {:?} is not a PCI address like 0000:c1:00.0",
                 p.address
@@ -383,7 +367,7 @@ mod tests {
 
     #[test]
     fn pci_addresses() {
-        assert!(valid_pci_address("0000:c1:00.0"));
+        assert!(crate::names::is_pci_address("0000:c1:00.0"));
         for bad in [
             "",
             "0000:c1:00.8",
@@ -392,7 +376,7 @@ mod tests {
             "0000:c1:00.0/..",
             "0000:c1:0.0",
         ] {
-            assert!(!valid_pci_address(bad), "{bad:?}");
+            assert!(!crate::names::is_pci_address(bad), "{bad:?}");
         }
     }
 }

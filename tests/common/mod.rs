@@ -31,6 +31,26 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// A temporary directory `machina-<tag>-<pid>` under the system temp dir,
+/// emptied first and removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates it.
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("machina-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether the process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
