@@ -4,6 +4,7 @@
 //! could not be reached, …; one line per problem on stderr); 2 usage error
 //! (unknown command or flag, missing argument).
 
+mod generate;
 mod host;
 mod qmp;
 mod summary;
@@ -18,8 +19,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine};
 use crate::names::MachineName;
-use crate::plan::{Plan, TakenIds, DEFAULT_PLAN_DIR};
-use crate::systemd::unit::{self as unit, UnitOptions};
+use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 
 /// Where generated units go.
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
@@ -322,13 +322,13 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             bin_dir,
             machines,
         } => {
-            let target = Target {
+            let target = generate::Target {
                 root: root.as_deref(),
                 plan_dir: &cli.plan_dir,
                 unit_dir: &cli.unit_dir,
                 bin_dir: &bin_dir,
             };
-            generate(&dir, &machines, preview, &target, &mut out)?
+            generate::generate(&dir, &machines, preview, &target, &mut out)?
         }
         Command::Start { machines } => return units::control(Verb::Start, &machines),
         Command::Stop { machines } => return units::control(Verb::Stop, &machines),
@@ -446,117 +446,5 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
             .into_iter()
             .flat_map(|h| h.join().expect("generation threads do not panic"))
             .collect()
-    })
-}
-
-/// `<root>/<abs>`, or `abs` without a root.
-fn under_root(root: Option<&Path>, abs: &Path) -> PathBuf {
-    match root {
-        Some(r) => r.join(abs.strip_prefix("/").unwrap_or(abs)),
-        None => abs.to_owned(),
-    }
-}
-
-/// Where `gen` writes and what the unit refers to.
-struct Target<'a> {
-    root: Option<&'a Path>,
-    plan_dir: &'a Path,
-    unit_dir: &'a Path,
-    bin_dir: &'a Path,
-}
-
-fn generate(
-    dir: &ConfigDir,
-    names: &[String],
-    preview: bool,
-    target: &Target<'_>,
-    out: &mut impl Write,
-) -> Result<(), CliError> {
-    let (_, machines) = load_all(dir, names)?;
-    let plan_dir = under_root(target.root, target.plan_dir);
-    let unit_dir = under_root(target.root, target.unit_dir);
-    if !target.bin_dir.is_absolute() {
-        return Err(CliError(format!(
-            "--bin-dir {} is not absolute",
-            target.bin_dir.display()
-        )));
-    }
-    let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
-    // Build everything first: the first error aborts before anything is
-    // written.
-    let mut outputs: Vec<(Plan, String)> = Vec::new();
-    for m in &machines {
-        let hw = qemu::build(m)?;
-        let id = taken.id_for(m).map_err(|e| CliError(e.to_string()))?;
-        taken.take(m, id);
-        let plan = crate::plan::plan_for(m, &hw, id, Path::new("/sys"));
-        let mut opts = UnitOptions::new(&plan);
-        opts.launcher = target.bin_dir.join("machina-launch");
-        opts.machina = target.bin_dir.join("machina");
-        opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
-        let text = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
-        if m.qmp_sockets.is_empty() {
-            eprintln!(
-                "machina: {}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown",
-                m.name
-            );
-        }
-        outputs.push((plan, text));
-    }
-    for (i, (plan, text)) in outputs.iter().enumerate() {
-        let plan_path = plan_dir.join(format!("{}.json", plan.machine));
-        let unit_path = unit_dir.join(unit::unit_name(&plan.machine));
-        if preview {
-            if i > 0 {
-                writeln!(out)?;
-            }
-            writeln!(out, "----{}----", plan_path.display())?;
-            write!(out, "{}", plan.to_json())?;
-            writeln!(out, "----{}----", unit_path.display())?;
-            write!(out, "{text}")?;
-        } else {
-            write_file_atomic(&plan_path, plan.to_json().as_bytes(), 0o644)?;
-            write_file_atomic(&unit_path, text.as_bytes(), 0o644)?;
-        }
-    }
-    if !preview && target.root.is_none() && crate::systemd::control::systemd_running() {
-        crate::systemd::control::daemon_reload().map_err(|e| CliError(e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// Writes `data` to `path` through a temporary file and a rename, so a
-/// reader never sees a partial file; creates the parent directory (0755).
-fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CliError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let parent = path
-        .parent()
-        .ok_or_else(|| CliError(format!("{}: no parent directory", path.display())))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(parent)
-        .map_err(|e| CliError(format!("{}: {e}", parent.display())))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or("machina")
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CliError(format!("{}: {e}", path.display()))
     })
 }
