@@ -88,6 +88,11 @@ fn main() {
         "  ratio vs Go generate --preview ({GO_MS_PER_MACHINE} ms/machine): {:.1}x faster",
         GO_MS_PER_MACHINE * 1000.0 / us
     );
+    let cpu_us = median(&mut cpu) * 1e6 / MACHINES as f64;
+    println!(
+        "  CPU time (user+sys, all cores): {cpu_us:.1} µs/machine ({:.1}x less than Go's wall time)",
+        GO_MS_PER_MACHINE * 1000.0 / cpu_us
+    );
 
     // In process: load + merge + hardware + argv, no output.
     let cdir = machina::config::ConfigDir::new(&dir);

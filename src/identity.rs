@@ -60,10 +60,16 @@ pub fn connection_mac(id: &Uuid, machine: &str, conn: &str) -> String {
 
 /// Formats six bytes as a lowercase colon-separated MAC.
 pub fn format_mac(b: &[u8; 6]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(17);
+    for (i, x) in b.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push(HEX[usize::from(x >> 4)] as char);
+        s.push(HEX[usize::from(x & 15)] as char);
+    }
+    s
 }
 
 /// The derived WWN of volume `vol`: NAA 5 with OUI 52:54:00.

@@ -86,6 +86,7 @@ pub fn build(
         host,
         name,
         id,
+        id_str: id.to_string(),
         description: &description,
         vars: &vars,
     };
@@ -207,6 +208,8 @@ struct Ctx<'a> {
     host: &'a Host<'a>,
     name: &'a MachineName,
     id: Uuid,
+    /// `id` in canonical form, for `${machine-id}`.
+    id_str: String,
     description: &'a str,
     vars: &'a BTreeMap<String, String>,
 }
@@ -669,12 +672,11 @@ fn resolve_volume(
     let file_name = if pool.pattern.is_empty() {
         format!("{name}.{}", pool.kind.as_str())
     } else {
-        let id = ctx.id.to_string();
         let lookup = |k: &str| -> Option<&str> {
             match k {
                 "machine-name" => Some(ctx.name.as_str()),
                 "machine-description" => Some(ctx.description),
-                "machine-id" => Some(&id),
+                "machine-id" => Some(&ctx.id_str),
                 "volume" => Some(name.as_str()),
                 other => ctx.vars.get(other).map(String::as_str),
             }

@@ -163,10 +163,14 @@ impl Opt {
 
 /// Doubles every comma, QEMU's escape for a literal comma in a value.
 fn push_escaped(out: &mut String, v: &str) {
-    let mut parts = v.split(',');
-    out.push_str(parts.next().unwrap_or(""));
-    for part in parts {
-        out.push_str(",,");
+    if !v.as_bytes().contains(&b',') {
+        out.push_str(v);
+        return;
+    }
+    for (i, part) in v.split(',').enumerate() {
+        if i > 0 {
+            out.push_str(",,");
+        }
         out.push_str(part);
     }
 }
