@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// The same allocator as the `machina` binary, so the in-process figure
+/// is comparable.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MACHINES: usize = 10_000;
 const GO_MS_PER_MACHINE: f64 = 0.38;
 
@@ -104,14 +109,14 @@ fn main() {
         for n in &names {
             let m = machina::config::load_machine(&cdir, &host, &n.parse().unwrap()).unwrap();
             let hw = machina::qemu::build(&m).unwrap();
-            bytes += machina::qemu::argv_line(&hw.argv()).len();
+            bytes += machina::qemu::options_line(&hw.options).len();
         }
         assert!(bytes > 0);
         runs.push(t.elapsed().as_secs_f64());
     }
     let secs = median(&mut runs);
     println!(
-        "library, {MACHINES} machines: median {:.3} s = {:.1} µs/machine, {:.0} machines/s",
+        "library, one thread, {MACHINES} machines: median {:.3} s = {:.1} µs/machine, {:.0} machines/s",
         secs,
         secs * 1e6 / MACHINES as f64,
         MACHINES as f64 / secs
