@@ -289,7 +289,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Cat { json, machines } => cat(&dir, &machines, json, &mut out)?,
-        Command::List { json } => return units::list(&dir, json),
+        Command::List { json } => return units::list(&dir, &cli.plan_dir, json),
         Command::Args { machines } => {
             // Everything is built before anything is printed, so an error
             // leaves no partial output; only the lines are kept.

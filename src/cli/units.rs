@@ -215,9 +215,8 @@ pub fn status(
 }
 
 /// `list`: every VM with its unit state (when systemd runs) and description.
-pub fn list(dir: &ConfigDir, json: bool) -> Result<i32, CliError> {
+pub fn list(dir: &ConfigDir, plan_dir: &Path, json: bool) -> Result<i32, CliError> {
     let names = dir.list_machines()?;
-    let plan_dir = Path::new(crate::plan::DEFAULT_PLAN_DIR);
     let (rows, note) = rows(dir, plan_dir, names);
     if json {
         print_json(&rows, &note);
