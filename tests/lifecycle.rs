@@ -53,12 +53,19 @@ fn shutdown_of_a_guest_that_ignores_acpi_ends_with_quit() {
     let st = q.child.wait().unwrap();
     assert!(st.code().is_some(), "QEMU ended by itself after quit: {st}");
     std::mem::forget(q);
-    // Nothing to shut down now: an honest failure, one line.
+    // Nothing to shut down now: asked only to press the button, that is an
+    // honest failure, one line…
     let out = s.machina(&["shutdown", &s.vm]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&s.vm));
+    // …but asked to wait until it is down (ExecStop after QEMU ended by
+    // itself), it already is.
+    let out = s.machina(&["shutdown", "--system", "--timeout", "5s", &s.vm]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("Not running."), "{stdout}");
 }
 
 #[test]

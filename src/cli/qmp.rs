@@ -99,9 +99,16 @@ pub fn shutdown(
             async move {
                 let socks = sockets(m, system);
                 let name = m.as_str();
-                qmp::shutdown(name, &socks, &opts, |line| println!("{line}"))
-                    .await
-                    .map_err(|e| format!("{name}: Failed to shut down: {e}"))
+                let waiting = opts.wait || opts.timeout.is_some();
+                match qmp::shutdown(name, &socks, &opts, |line| println!("{line}")).await {
+                    // Asked to wait until the VM is down, and it is (as
+                    // when ExecStop runs after QEMU ended by itself).
+                    Err(e) if waiting && e.is_not_running() => {
+                        println!("{name}: Not running.");
+                        Ok(ShutdownOutcome::Completed { quit_sent: false })
+                    }
+                    r => r.map_err(|e| format!("{name}: Failed to shut down: {e}")),
+                }
             }
         });
         tokio::select! {
