@@ -165,3 +165,50 @@ fn schema_is_strict_json_schema() {
     assert!(text.contains(machina::names::NAME_PATTERN.replace('\\', "\\\\").as_str()));
     assert!(Path::new(&examples()).exists());
 }
+
+#[test]
+fn gen_refuses_a_tpm_it_cannot_serve() {
+    let dir = TempDir::new("cli-tpm");
+    std::fs::create_dir_all(dir.0.join("config/machine.conf.d")).unwrap();
+    std::fs::copy(
+        examples().join("machina.conf.json"),
+        dir.0.join("config/machina.conf.json"),
+    )
+    .unwrap();
+    let vm = serde_json::json!({"attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true}}});
+    std::fs::write(
+        dir.0.join("config/machine.conf.d/tpm.conf.json"),
+        vm.to_string(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(common::bin("machina"))
+            .arg("--config-dir")
+            .arg(dir.0.join("config"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // args shows the Go hardware (tpm-crb on the swtpm socket)…
+    assert!(
+        stdout(&run(&["args", "tpm"])).contains("-tpmdev emulator,id=tpm.0,chardev=tpm.0.socket")
+    );
+    // …but gen will not install a VM whose swtpm nobody runs.
+    let root = dir.0.join("root");
+    let o = run(&["gen", "--root", root.to_str().unwrap(), "tpm"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("tpm.conf.json: attrs.tpm: machina does not run swtpm yet"),
+        "{err}"
+    );
+    assert!(!root.exists(), "nothing written");
+    // With a socket the administrator serves, it does.
+    let vm = serde_json::json!({"attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true, "socket": {"path": "/run/swtpm/tpm.sock"}}}});
+    std::fs::write(
+        dir.0.join("config/machine.conf.d/tpm.conf.json"),
+        vm.to_string(),
+    )
+    .unwrap();
+    stdout(&run(&["gen", "--root", root.to_str().unwrap(), "tpm"]));
+}

@@ -44,6 +44,15 @@ pub fn generate(
     // written.
     let mut outputs: Vec<(Plan, String)> = Vec::new();
     for m in &machines {
+        if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
+            // The Go program ran swtpm in a unit of its own; machina does
+            // not yet, and a unit whose QEMU waits for a socket nobody
+            // serves would only fail at start.
+            return Err(CliError(format!(
+                "{}: attrs.tpm: machina does not run swtpm yet; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
+                m.origin.file.display()
+            )));
+        }
         let hw = qemu::build(m)?;
         let id = taken.id_for(m).map_err(|e| CliError(e.to_string()))?;
         taken.take(m, id);
