@@ -134,7 +134,7 @@ pub enum Access {
 pub struct QemuExec {
     /// Absolute path of the QEMU binary.
     pub binary: PathBuf,
-    /// Arguments after argv[0], with fd numbers in place.
+    /// Arguments after `argv[0]`, with fd numbers in place.
     pub args: Vec<String>,
 }
 

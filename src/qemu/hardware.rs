@@ -62,7 +62,7 @@ pub struct Hardware {
 }
 
 impl Hardware {
-    /// The argv after argv[0].
+    /// The argv after `argv[0]`.
     pub fn argv(&self) -> Vec<String> {
         to_argv(&self.options)
     }

@@ -196,7 +196,7 @@ pub fn options_line(opts: &[Opt]) -> String {
     line
 }
 
-/// Renders options as an argv (after argv[0]).
+/// Renders options as an argv (after `argv[0]`).
 pub fn to_argv(opts: &[Opt]) -> Vec<String> {
     let mut argv = Vec::with_capacity(opts.len() * 2);
     for o in opts {
