@@ -554,7 +554,7 @@ fn resolve_qmp(
     for p in &paths {
         if p.as_os_str().len() > 107 {
             return Err(ConfigError::invalid(
-                &ctx_origin(defs),
+                &defs[0].origin.key("attrs.qmp.sockets"),
                 format!(
                     "QMP socket path {} is longer than 107 bytes (the UNIX socket limit)",
                     p.display()
@@ -563,10 +563,6 @@ fn resolve_qmp(
         }
     }
     Ok(paths)
-}
-
-fn ctx_origin(defs: &[Def<'_>]) -> Origin {
-    defs[0].origin.clone()
 }
 
 fn check_socket_path(origin: &Origin, p: &str) -> Result<PathBuf, ConfigError> {
