@@ -3,8 +3,8 @@
 //! reaped on drop.
 
 mod common;
-#[path = "common/qemu.rs"]
-mod qemu;
+
+use common::qemu;
 
 use std::time::{Duration, Instant};
 

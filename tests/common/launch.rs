@@ -106,23 +106,10 @@ pub fn qmp_socket(plan: &Plan) -> PathBuf {
 pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<Grant>) -> Plan {
     let id = test_id();
     let runtime_dir = sb.run_root().join(name);
-    let mut args: Vec<String> = [
-        "-S",
-        "-machine",
-        "q35",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "qemu64",
-        "-m",
-        "128",
-        "-nodefaults",
-        "-display",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = super::qemu::PAUSED_VM
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.push("-chardev".into());
     args.push(format!(
         "socket,id=qmp.0,path={},server=on,wait=off",

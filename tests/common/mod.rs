@@ -8,6 +8,7 @@
 
 pub mod guest;
 pub mod nspawn;
+pub mod qemu;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -15,6 +15,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A private temporary directory, removed on drop.
+/// A paused q35 VM with 128 MiB under KVM and no default devices: what
+/// the QMP and launcher tests start (`-cpu host` aborts QEMU on these
+/// nested-KVM machines, so `qemu64`).
+pub const PAUSED_VM: &[&str] = &[
+    "-S",
+    "-machine",
+    "q35",
+    "-accel",
+    "kvm",
+    "-cpu",
+    "qemu64",
+    "-m",
+    "128",
+    "-nodefaults",
+    "-display",
+    "none",
+];
+
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -68,20 +86,7 @@ impl Qemu {
             .map(|i| dir.path().join(format!("qmp{i}.sock")))
             .collect();
         let mut cmd = Command::new(binary);
-        cmd.args([
-            "-S",
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "qemu64",
-            "-m",
-            "128",
-            "-nodefaults",
-            "-display",
-            "none",
-        ]);
+        cmd.args(PAUSED_VM);
         for (i, p) in paths.iter().enumerate() {
             cmd.arg("-chardev").arg(format!(
                 "socket,id=qmp{i},path={},server=on,wait=off",
