@@ -16,8 +16,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/common/qemu.rs"]
-mod qemu;
+
+use common::qemu;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
