@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use machina::names::{InterfaceName, MachineName};
 use machina::plan::{Access, Grant, Plan, QemuExec, Tap, PLAN_VERSION};
 use machina::prepare::{tap, teardown};
@@ -90,39 +93,29 @@ impl Env {
             .unwrap();
         let runtime_dir = dir.join("run/bench");
         let sock = runtime_dir.join("qmp/command.0.qmp.socket");
-        let args: Vec<String> = [
-            "-S",
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "qemu64",
-            "-m",
-            "128",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-chardev",
-            &format!("socket,id=qmp.0,path={},server=on,wait=off", sock.display()),
-            "-mon",
-            "chardev=qmp.0,mode=control",
-            "-netdev",
-            "tap,id=net.0,fd=3",
-            "-device",
-            "virtio-net-pci,netdev=net.0,romfile=",
-            "-blockdev",
-            &format!("driver=file,node-name=f0,filename={}", disk.display()),
-            "-blockdev",
-            "driver=raw,node-name=d0,file=f0",
-            "-device",
-            "virtio-blk-pci,drive=d0",
-            "-sandbox",
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args: Vec<String> = common::qemu::PAUSED_VM
+            .iter()
+            .copied()
+            .chain([
+                "-chardev",
+                &format!("socket,id=qmp.0,path={},server=on,wait=off", sock.display()),
+                "-mon",
+                "chardev=qmp.0,mode=control",
+                "-netdev",
+                "tap,id=net.0,fd=3",
+                "-device",
+                "virtio-net-pci,netdev=net.0,romfile=",
+                "-blockdev",
+                &format!("driver=file,node-name=f0,filename={}", disk.display()),
+                "-blockdev",
+                "driver=raw,node-name=d0,file=f0",
+                "-device",
+                "virtio-blk-pci,drive=d0",
+                "-sandbox",
+                "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            ])
+            .map(|s| s.to_string())
+            .collect();
         let id = 1_400_000_000 + tag % 100_000;
         let plan = Plan {
             version: PLAN_VERSION,
