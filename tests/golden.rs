@@ -1,5 +1,5 @@
 //! Golden tests against the Go machina's outputs for the README example
-//! (`../shared/spec/golden/`), and its identity vectors.
+//! (`tests/data/go/`, recorded from the Go program), and its identity vectors.
 
 mod common;
 

@@ -110,9 +110,9 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// Directory of the Go reference goldens (`../shared/spec/golden`).
+/// Directory of the recorded outputs of the Go program (`tests/data/go`).
 pub fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/golden")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/go")
 }
 
 pub mod launch;
