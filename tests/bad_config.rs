@@ -42,6 +42,8 @@ enum Case {
     Json(fn(&mut Value, &mut Value)),
     /// Raw text for (host, machine); None keeps the base.
     Text(Option<&'static str>, Option<&'static str>),
+    /// No host file at all.
+    NoHost,
 }
 
 struct Bad {
@@ -492,20 +494,97 @@ fn cases() -> Vec<Bad> {
             expect: &["id-range", "524288"],
         },
         Bad {
-            name: "system group id",
+            name: "machine without id",
             case: Json(|_, m| {
-                m["privileges"] = json!({"filesystem": {"group": {"id": 100}}});
+                m.as_object_mut().unwrap().remove("id");
             }),
             file: M,
-            expect: &["privileges.filesystem.group.id", "unprivileged"],
+            expect: &["vm.conf.json: id: no machine id", "machina gen-id"],
         },
         Bad {
-            name: "node name too long",
+            name: "nil machine id",
             case: Json(|_, m| {
-                m["volumes"][0]["name"] = json!("a-rather-long-volume-name-here");
+                m["id"] = json!("00000000-0000-0000-0000-000000000000");
             }),
             file: M,
-            expect: &["volumes[0].name", "31 characters"],
+            expect: &["vm.conf.json:1:", ": id: the nil UUID", "machina gen-id"],
+        },
+        Bad {
+            name: "zero cores",
+            case: Json(|_, m| {
+                m["attrs"]["cpu"] = json!({"cores": 0});
+            }),
+            file: M,
+            expect: &["attrs.cpu.cores", "0 is not a count"],
+        },
+        Bad {
+            name: "zero sockets in a tag",
+            case: Json(|h, _| {
+                h["tag"]["small"]["attrs"]["cpu"] = json!({"sockets": 0});
+            }),
+            file: H,
+            expect: &["tag.small.attrs.cpu.sockets", "0 is not a count"],
+        },
+        Bad {
+            name: "duplicate volume name",
+            case: Json(|_, m| {
+                m["volumes"] =
+                    json!([{"name": "os", "storage": "data"}, {"name": "os", "storage": "blk"}]);
+            }),
+            file: M,
+            expect: &[
+                "volumes[1].name",
+                "volume \"os\" is already defined at volumes[0]",
+            ],
+        },
+        Bad {
+            name: "duplicate connection name",
+            case: Json(|_, m| {
+                m["connections"] =
+                    json!([{"name": "0", "network": "lan"}, {"name": "0", "network": "lan"}]);
+            }),
+            file: M,
+            expect: &["connections[1].name", "connection \"0\" is already defined"],
+        },
+        Bad {
+            name: "duplicate device name in a tag",
+            case: Json(|h, _| {
+                h["tag"]["small"]["devices"] =
+                    json!([{"name": "g", "class": "vgpu"}, {"name": "g", "class": "vgpu"}]);
+            }),
+            file: H,
+            expect: &[
+                "tag.small.devices[1].name",
+                "device \"g\" is already defined at tag.small.devices[0]",
+            ],
+        },
+        Bad {
+            name: "missing host file",
+            case: NoHost,
+            file: H,
+            expect: &["host file ", "machina.conf.json not found"],
+        },
+        Bad {
+            name: "port pattern out of range names the variable",
+            case: Json(|_, m| {
+                m["vars"]["seat"] = json!("70000");
+                m["attrs"]["spice"] = json!({"enabled": true, "port-pattern": "${seat}"});
+            }),
+            file: M,
+            expect: &[
+                "attrs.spice.port-pattern",
+                "port 70000",
+                "${seat} = \"70000\"",
+                "vm.conf.json: vars.seat",
+            ],
+        },
+        Bad {
+            name: "SCSI serial over 36 characters",
+            case: Json(|_, m| {
+                m["volumes"][0]["serial"] = json!("0123456789012345678901234567890123456");
+            }),
+            file: M,
+            expect: &["volumes[0].serial", "at most 36"],
         },
         Bad {
             name: "too many queues",
@@ -536,6 +615,10 @@ fn write_case(dir: &Path, case: &Case) {
             ht.map(str::to_owned).unwrap_or_else(|| h.to_string()),
             mt.map(str::to_owned).unwrap_or_else(|| m.to_string()),
         ),
+        Case::NoHost => {
+            std::fs::write(dir.join("machine.conf.d/vm.conf.json"), m.to_string()).unwrap();
+            return;
+        }
     };
     std::fs::write(dir.join("machina.conf.json"), host).unwrap();
     std::fs::write(dir.join("machine.conf.d/vm.conf.json"), machine).unwrap();
@@ -570,6 +653,7 @@ fn bad_configurations_fail_cleanly() {
         for cmd in [
             &["args", "vm"][..],
             &["gen", "--root", dir.0.to_str().unwrap(), "vm"][..],
+            &["check", "vm"][..],
         ] {
             let out = Command::new(common::bin("machina"))
                 .arg("--config-dir")
@@ -577,7 +661,12 @@ fn bad_configurations_fail_cleanly() {
                 .args(cmd)
                 .output()
                 .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
+            // `check` prints its problems on stdout and a count on stderr.
+            let err = if cmd[0] == "check" {
+                String::from_utf8_lossy(&out.stdout)
+            } else {
+                String::from_utf8_lossy(&out.stderr)
+            };
             let lines: Vec<&str> = err.lines().collect();
             let ok = out.status.code() == Some(1)
                 && lines.len() == 1
@@ -606,4 +695,339 @@ fn bad_configurations_fail_cleanly() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Runs `machina --config-dir DIR ARGS…`: (exit code, stdout, stderr).
+fn machina(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::bin("machina"))
+        .arg("--config-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Writes a host and machine files from JSON values.
+fn write_config(dir: &Path, host: &Value, machines: &[(&str, &Value)]) {
+    std::fs::create_dir_all(dir.join("machine.conf.d")).unwrap();
+    std::fs::write(
+        dir.join("machina.conf.json"),
+        serde_json::to_string_pretty(host).unwrap(),
+    )
+    .unwrap();
+    for (name, m) in machines {
+        std::fs::write(
+            dir.join(format!("machine.conf.d/{name}.conf.json")),
+            serde_json::to_string_pretty(m).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn every_problem_of_a_run_is_reported() {
+    let dir = TempDir::new("bad-many");
+    let mut m = base_machine();
+    m.as_object_mut().unwrap().remove("id");
+    m["tags"] = json!(["small", "big"]);
+    m["attrs"]["cpu"] = json!({"cores": 2});
+    m["attrs"]["agent"] = json!({"qemu": {"enabled": true, "port": 80}});
+    m["attrs"]["spice"] = json!({"enabled": true, "port-pattern": "${seat}"});
+    m["volumes"] = json!([{"name": "os", "storage": "data"}, {"name": "os", "storage": "nope"}]);
+    m["connections"] = json!([{"name": "0", "network": "wan"}]);
+    let mut other = base_machine();
+    other["id"] = json!("11111111-2222-4333-8444-666666666666");
+    other["tags"] = json!(["huge"]);
+    other["attrs"]["memory"] = json!({"ram": 256});
+    write_config(&dir.0, &base_host(), &[("vm", &m), ("other", &other)]);
+    // Positions depend on the layout; the JSON test checks them.
+    let want = [
+        ": tags[1]: tag \"big\" is not defined",
+        "vm.conf.json: id: no machine id",
+        ": attrs.agent.qemu.port: port 80 is outside 1024–65535",
+        "attrs.spice.port-pattern: port 7 (pattern \"${seat}\"; ${seat} = \"7\"",
+        "volumes[1].name: volume \"os\" is already defined at volumes[0]",
+        "connections[0].network: network \"wan\" is not defined",
+        ": tags[0]: tag \"huge\" is not defined",
+    ];
+    let plan_dir = dir.0.join("plans");
+    for cmd in [
+        &["args", "vm", "other"][..],
+        &["gen", "--root", dir.0.to_str().unwrap(), "vm", "other"][..],
+        &["check"][..],
+    ] {
+        let (code, out, err) = machina(&dir.0, cmd);
+        let text = if cmd[0] == "check" { &out } else { &err };
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "{cmd:?}: one line per problem:\n{text}");
+        for w in want {
+            assert!(text.contains(w), "{cmd:?}: missing {w:?} in\n{text}");
+        }
+        let positioned = lines
+            .iter()
+            .filter(|l| l.contains(".conf.json:") && !l.contains(": id: "))
+            .count();
+        assert_eq!(positioned, 6, "line:column where known:\n{text}");
+        assert!(!text.contains("panicked"));
+    }
+    assert!(!plan_dir.exists() && !dir.0.join("etc").exists());
+    let (_, _, err) = machina(&dir.0, &["check"]);
+    assert!(err.contains("check: 2 machines, 7 problems"), "{err}");
+}
+
+#[test]
+fn problems_are_capped() {
+    let dir = TempDir::new("bad-cap");
+    let mut m = base_machine();
+    m["volumes"] = json!((0..80)
+        .map(|_| json!({"name": "os", "storage": "data"}))
+        .collect::<Vec<_>>());
+    write_config(&dir.0, &base_host(), &[("vm", &m)]);
+    let (code, _, err) = machina(&dir.0, &["args", "vm"]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 51, "{err}");
+    assert!(lines[50].contains("and 29 more problems"), "{}", lines[50]);
+    let (code, out, _) = machina(&dir.0, &["check", "--json"]);
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 79, "check lists them all");
+}
+
+#[test]
+fn check_reports_as_json_with_positions() {
+    let dir = TempDir::new("check-json");
+    let mut m = base_machine();
+    m["connections"][0]["network"] = json!("wan");
+    write_config(&dir.0, &base_host(), &[("vm", &m), ("ok", &base_machine())]);
+    let (code, out, err) = machina(&dir.0, &["check", "--json"]);
+    assert_eq!(code, 1, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{out}");
+    let p = &list[0];
+    assert_eq!(p["machine"], "vm");
+    assert!(p["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("machine.conf.d/vm.conf.json"));
+    assert_eq!(p["path"], "connections[0].network");
+    // The pretty-printed file: the value of "network" is on line 7.
+    let text = std::fs::read_to_string(dir.0.join("machine.conf.d/vm.conf.json")).unwrap();
+    let line = text.lines().position(|l| l.contains("\"wan\"")).unwrap() + 1;
+    assert_eq!(p["line"], line, "{out}");
+    let col = text.lines().nth(line - 1).unwrap().find("\"wan\"").unwrap() + 1;
+    assert_eq!(p["column"], col);
+    assert!(p["message"]
+        .as_str()
+        .unwrap()
+        .contains("network \"wan\" is not defined"));
+    assert_eq!(
+        p["text"].as_str().unwrap(),
+        format!(
+            "{}:{line}:{col}: connections[0].network: {}",
+            p["file"].as_str().unwrap(),
+            p["message"].as_str().unwrap()
+        )
+    );
+    // Only the good machine: exit 0, no output, nothing written.
+    let (code, out, err) = machina(&dir.0, &["check", "ok"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains("check: 1 machine, no problems"), "{err}");
+    let (code, out, _) = machina(&dir.0, &["check", "--json", "ok"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "check wrote nothing: {names:?}");
+}
+
+#[test]
+fn check_runs_what_gen_runs() {
+    // A TPM without a socket builds for `args` but `gen` refuses it; so
+    // does check.
+    let dir = TempDir::new("check-gen");
+    let mut m = base_machine();
+    m["attrs"]["tpm"] = json!({"enabled": true});
+    write_config(&dir.0, &base_host(), &[("vm", &m)]);
+    assert_eq!(machina(&dir.0, &["args", "vm"]).0, 0);
+    let (code, out, _) = machina(&dir.0, &["check"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(": attrs.tpm: machina does not run swtpm"),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_directory_and_badly_named_files() {
+    let dir = TempDir::new("bad-dir");
+    let missing = dir.0.join("nope");
+    for cmd in [
+        &["args", "vm"][..],
+        &["check"][..],
+        &["list"][..],
+        &["cat", "vm"][..],
+    ] {
+        let (code, out, err) = machina(&missing, cmd);
+        assert_eq!(code, 1, "{cmd:?}");
+        let text = format!("{out}{err}");
+        assert!(
+            text.contains(&format!(
+                "configuration directory {} not found",
+                missing.display()
+            )),
+            "{cmd:?}: {text}"
+        );
+    }
+    write_config(
+        &dir.0,
+        &base_host(),
+        &[("vm", &base_machine()), ("b a d", &base_machine())],
+    );
+    let (code, out, err) = machina(&dir.0, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("vm"), "{out}");
+    assert!(
+        lines[1].starts_with("b a d  error: ") && lines[1].contains("not a valid machine name"),
+        "{out}"
+    );
+    let (code, out, _) = machina(&dir.0, &["list", "--json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["machines"].as_array().unwrap().len(), 2);
+    let (code, out, _) = machina(&dir.0, &["check"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("b a d.conf.json: file name is not a valid machine name"),
+        "{out}"
+    );
+}
+
+/// Issue 14: configurations the Go program runs run under machina too.
+#[test]
+fn go_configurations_that_ran_still_run() {
+    let dir = TempDir::new("go-compat");
+    let mut h = base_host();
+    h["storage"]["lead"] =
+        json!({"path": "/srv/iso", "pattern": "/${volume}.iso", "type": "iso-ahci"});
+    h["storage"]["unset"] =
+        json!({"path": "/srv/vm/", "pattern": "${site}/${volume}.raw", "type": "raw"});
+    let mut m = base_machine();
+    m["volumes"] = json!([
+        {"name": "os", "storage": "unset"},
+        {"name": "media", "storage": "lead"},
+        {"name": "engineering-workstation-disk", "storage": "data"},
+        {"name": "9data", "storage": "blk"}
+    ]);
+    m["connections"] = json!([{"name": "0", "network": "lan", "mac": "52-54-00-12-34-56"}]);
+    write_config(&dir.0, &h, &[("2fa-gw", &m)]);
+    let (code, out, err) = machina(&dir.0, &["args", "2fa-gw"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("filename=/srv/vm/os.raw"), "{out}");
+    assert!(out.contains("filename=/srv/iso/media.iso"), "{out}");
+    assert!(out.contains(",mac=52:54:00:12:34:56,"), "{out}");
+    // Node-names: valid ones kept, invalid ones (leading digit, > 31
+    // characters) derived, stable and referenced consistently.
+    let nodes: Vec<&str> = out
+        .split([' ', ','])
+        .filter_map(|w| w.strip_prefix("node-name="))
+        .collect();
+    assert!(nodes.contains(&"media"), "{nodes:?}");
+    assert_eq!(nodes.len(), 7, "{nodes:?}");
+    for n in &nodes {
+        assert!(
+            n.len() <= 31 && n.starts_with(|c: char| c.is_ascii_alphabetic()),
+            "{n}"
+        );
+        assert!(
+            out.contains(&format!("drive={n}")) || out.contains(&format!("file={n}")),
+            "{n} is used"
+        );
+    }
+    let (_, again, _) = machina(&dir.0, &["args", "2fa-gw"]);
+    assert_eq!(out, again, "stable");
+    // Leaving the pool is still refused.
+    h["storage"]["dots"] =
+        json!({"path": "/srv/vm", "pattern": "/../${volume}.raw", "type": "raw"});
+    m["volumes"] = json!([{"name": "os", "storage": "dots"}]);
+    write_config(&dir.0, &h, &[("2fa-gw", &m)]);
+    let (code, _, err) = machina(&dir.0, &["args", "2fa-gw"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not inside the pool directory /srv/vm"),
+        "{err}"
+    );
+}
+
+/// Issue 14: a system group id works for args, cat and check (as a
+/// reported problem) and is refused by gen with the reason and the fix.
+#[test]
+fn system_group_id_is_refused_only_where_it_is_used() {
+    let dir = TempDir::new("go-gid");
+    let mut m = base_machine();
+    m["privileges"] = json!({"filesystem": {"group": {"id": 108}}});
+    write_config(&dir.0, &base_host(), &[("vm", &m)]);
+    let why =
+        "privileges.filesystem.group.id: group id 108 is a system, special or out-of-range id";
+    let (code, out, err) = machina(&dir.0, &["args", "vm"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("-uuid "));
+    assert!(
+        err.starts_with("machina: warning: ") && err.contains(why),
+        "{err}"
+    );
+    assert!(err.contains("remove the key"), "{err}");
+    let (code, out, err) = machina(&dir.0, &["cat", "vm"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("File System Access Group: machina-vm:108"),
+        "{out}"
+    );
+    assert!(err.contains(why));
+    let (code, out, _) = machina(&dir.0, &["check"]);
+    assert_eq!(code, 1);
+    assert!(out.contains(why), "{out}");
+    let (code, _, err) = machina(&dir.0, &["gen", "--root", dir.0.to_str().unwrap(), "vm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(why) && err.lines().count() == 1, "{err}");
+    assert!(!dir.0.join("etc").exists());
+}
+
+/// Issue 8 item 6: across tags the first definition of a name wins (the Go
+/// rule), and `cat` says which tag each entry came from.
+#[test]
+fn first_definition_wins_across_tags_and_cat_names_the_tag() {
+    let dir = TempDir::new("tag-merge");
+    let mut h = base_host();
+    h["tag"]["small"]["volumes"] =
+        json!([{"name": "os", "storage": "blk"}, {"name": "extra", "storage": "data"}]);
+    h["tag"]["small"]["connections"] = json!([{"name": "1", "network": "lan"}]);
+    write_config(&dir.0, &h, &[("vm", &base_machine())]);
+    let (code, out, err) = machina(&dir.0, &["cat", "vm"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("    os: data (wwn: "),
+        "the machine's os wins: {out}"
+    );
+    assert!(!out.contains("os: blk"), "{out}");
+    assert!(
+        out.contains("    extra: data (") && out.contains(", from tag small)"),
+        "{out}"
+    );
+    assert!(out.contains("    1: lan (ip: , mac: "), "{out}");
+    let (_, out, _) = machina(&dir.0, &["cat", "--json", "vm"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["volumes"][0].get("from-tag"), None);
+    assert_eq!(v[0]["volumes"][1]["from-tag"], "small");
+    assert_eq!(v[0]["connections"][1]["from-tag"], "small");
 }

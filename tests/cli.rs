@@ -175,7 +175,7 @@ fn gen_refuses_a_tpm_it_cannot_serve() {
         dir.0.join("config/machina.conf.json"),
     )
     .unwrap();
-    let vm = serde_json::json!({"attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true}}});
+    let vm = serde_json::json!({"id": "6f1c7a52-8f0e-4d5b-9a43-2b7e0c1d9e11", "attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true}}});
     std::fs::write(
         dir.0.join("config/machine.conf.d/tpm.conf.json"),
         vm.to_string(),
@@ -204,7 +204,7 @@ fn gen_refuses_a_tpm_it_cannot_serve() {
     );
     assert!(!root.exists(), "nothing written");
     // With a socket the administrator serves, it does.
-    let vm = serde_json::json!({"attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true, "socket": {"path": "/run/swtpm/tpm.sock"}}}});
+    let vm = serde_json::json!({"id": "6f1c7a52-8f0e-4d5b-9a43-2b7e0c1d9e11", "attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true, "socket": {"path": "/run/swtpm/tpm.sock"}}}});
     std::fs::write(
         dir.0.join("config/machine.conf.d/tpm.conf.json"),
         vm.to_string(),

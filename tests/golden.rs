@@ -92,12 +92,20 @@ fn cat_matches_go_except_group_line() {
     let want = std::fs::read_to_string(golden.join("go-cat.txt")).unwrap();
     let (code, got, err) = machina(&golden, &["cat", "test-vm"]);
     assert_eq!(code, 0, "stderr: {err}");
+    // machina adds where a tag's volume, connection or device came from.
     let strip = |s: &str| -> Vec<String> {
         s.lines()
             .filter(|l| !l.trim_start().starts_with("File System Access Group:"))
-            .map(str::to_owned)
+            .map(|l| match l.find(", from tag ") {
+                Some(i) => format!("{}{}", &l[..i], &l[l[i..].find(')').unwrap() + i..]),
+                None => l.to_owned(),
+            })
             .collect()
     };
+    assert!(
+        got.contains("bootable, from tag vdi-cad)"),
+        "cat names the tag of each volume: {got}"
+    );
     assert_eq!(strip(&got), strip(&want));
     let group = got
         .lines()

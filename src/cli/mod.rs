@@ -4,6 +4,7 @@
 //! could not be reached, …; one line per problem on stderr); 2 usage error
 //! (unknown command or flag, missing argument).
 
+mod check;
 mod generate;
 mod host;
 mod qmp;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine};
+use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine, Problems};
 use crate::names::MachineName;
 use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 
@@ -58,6 +59,14 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Machines to show.
+        machines: Vec<String>,
+    },
+    /// Checks the host file and machine files (all, or the given ones) without root or changes; exit 0 only when every machine would generate.
+    Check {
+        /// Print a JSON array of problems (machine, file, line, column, path, message).
+        #[arg(long)]
+        json: bool,
+        /// Machines to check (default: every machine file).
         machines: Vec<String>,
     },
     /// Lists all of the virtual machines present.
@@ -215,10 +224,40 @@ enum SchemaKind {
 #[error("{0}")]
 pub struct CliError(pub String);
 
+/// At most this many problems are printed for one run; the rest are counted.
+pub const MAX_PROBLEMS: usize = 50;
+
 impl From<ConfigError> for CliError {
+    /// One line per problem (each escaped on its own, so a quoted newline
+    /// cannot split a line), at most [`MAX_PROBLEMS`].
     fn from(e: ConfigError) -> Self {
-        CliError(e.to_string())
+        let problems = e.problems();
+        let mut lines: Vec<String> = problems
+            .iter()
+            .take(MAX_PROBLEMS)
+            .map(|p| one_line(&p.report().text))
+            .collect();
+        if problems.len() > MAX_PROBLEMS {
+            lines.push(format!(
+                "… and {} more problems (`machina check --json` lists them all)",
+                problems.len() - MAX_PROBLEMS
+            ));
+        }
+        CliError(lines.join("\n"))
     }
+}
+
+/// `s` with control characters escaped, so it prints as one line.
+pub(crate) fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 impl From<std::io::Error> for CliError {
@@ -245,19 +284,12 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line per problem, whatever a message quoted.
-            let line: String = e
-                .to_string()
-                .chars()
-                .flat_map(|c| {
-                    if c.is_control() {
-                        c.escape_default().collect::<Vec<_>>()
-                    } else {
-                        vec![c]
-                    }
-                })
-                .collect();
-            eprintln!("machina: {line}");
+            // One line per problem, whatever a message quoted: a CliError
+            // holds several problems separated by '\n' (see
+            // `From<ConfigError>`), each already escaped.
+            for line in e.to_string().split('\n') {
+                eprintln!("machina: {}", one_line(line));
+            }
             EXIT_FAILURE
         }
     }
@@ -270,18 +302,36 @@ pub(crate) fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliErr
         .collect()
 }
 
-/// Loads the host file and builds each named machine, stopping at the first
-/// error.
+/// Loads the host file and builds each named machine, reporting the
+/// problems of every machine.
 pub(crate) fn load_all(
     dir: &ConfigDir,
     names: &[String],
 ) -> Result<(HostFile, Vec<Machine>), CliError> {
     let host = dir.load_host()?;
-    let machines = machine_names(names)?
+    let mut problems = Problems::default();
+    let machines: Vec<Machine> = machine_names(names)?
         .iter()
-        .map(|n| config::load_machine(dir, &host, n))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((host, machines))
+        .filter_map(|n| problems.take(config::load_machine(dir, &host, n)))
+        .collect();
+    match problems.into_error() {
+        Some(e) => Err(e.into()),
+        None => Ok((host, machines)),
+    }
+}
+
+/// Prints what `args` and `cat` accept but `gen` refuses (a system group
+/// id), one `warning:` line each.
+pub(crate) fn warn_refusals(machines: &[&Machine]) {
+    for m in machines {
+        if let Some((origin, why)) = &m.group.refused {
+            let e = ConfigError::invalid(origin, why.clone());
+            eprintln!(
+                "machina: warning: {} (gen refuses this machine)",
+                one_line(&e.report().text)
+            );
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<i32, CliError> {
@@ -289,20 +339,30 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Cat { json, machines } => cat(&dir, &machines, json, &mut out)?,
+        Command::Check { json, machines } => {
+            return check::check(&dir, &cli.plan_dir, &machines, json, &mut out)
+        }
         Command::List { json } => return units::list(&dir, &cli.plan_dir, json),
         Command::Args { machines } => {
             // Everything is built before anything is printed, so an error
             // leaves no partial output; only the lines are kept.
             let host = dir.load_host()?;
             let names = machine_names(&machines)?;
-            let lines = parallel_map(&names, |name| -> Result<String, CliError> {
+            let results = parallel_map(&names, |name| -> Result<String, ConfigError> {
                 let m = config::load_machine(&dir, &host, name)?;
+                warn_refusals(&[&m]);
                 Ok(qemu::options_line(&qemu::build(&m)?.options))
-            })
-            .into_iter()
-            .zip(&names)
-            .map(|(line, name)| line.map(|l| (name, l)))
-            .collect::<Result<Vec<_>, _>>()?;
+            });
+            // Every machine's problems are reported, not only the first's.
+            let mut problems = Problems::default();
+            let lines: Vec<(&MachineName, String)> = results
+                .into_iter()
+                .zip(&names)
+                .filter_map(|(line, name)| problems.take(line).map(|l| (name, l)))
+                .collect();
+            if let Some(e) = problems.into_error() {
+                return Err(e.into());
+            }
             let mut out = std::io::BufWriter::new(out);
             let many = lines.len() > 1;
             for (i, (name, line)) in lines.iter().enumerate() {
@@ -392,6 +452,7 @@ fn cat(
     let taken = TakenIds::scan(Path::new("/etc"), Path::new(DEFAULT_PLAN_DIR));
     let mut texts = Vec::new();
     let mut values = Vec::new();
+    let mut problems = Problems::default();
     for name in names {
         if name == "system" {
             texts.push((name.clone(), summary::host_text(&host)));
@@ -401,7 +462,10 @@ fn cat(
             continue;
         }
         let n = MachineName::new(name.as_str()).map_err(|e| CliError(e.to_string()))?;
-        let m = config::load_machine(dir, &host, &n)?;
+        let Some(m) = problems.take(config::load_machine(dir, &host, &n)) else {
+            continue;
+        };
+        warn_refusals(&[&m]);
         let id = taken.id_for(&m).ok();
         if json {
             values.push(
@@ -410,6 +474,9 @@ fn cat(
         } else {
             texts.push((name.clone(), summary::machine_text(&m, id)));
         }
+    }
+    if let Some(e) = problems.into_error() {
+        return Err(e.into());
     }
     if json {
         writeln!(

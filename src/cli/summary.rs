@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::model::{Machine, ResolvedVolume};
 use crate::config::schema::{HostFile, Volume};
+use crate::config::Origin;
 use crate::identity;
 
 /// Two-space indented lines, starting at level 1, no trailing newline.
@@ -30,6 +31,21 @@ fn volume_string(v: &Volume) -> String {
     let name = v.name.as_ref().map(|n| n.as_str()).unwrap_or("");
     let storage = v.storage.as_ref().map(|n| n.as_str()).unwrap_or("");
     format!("{name}: {storage}")
+}
+
+/// The tag a volume, connection or device came from (`None`: the machine
+/// file). Its origin path is `tag.<tag>.<list>[i]` in the host file.
+pub fn from_tag(origin: &Origin) -> Option<&str> {
+    let rest = origin.path.strip_prefix("tag.")?;
+    rest.rfind('.').map(|i| &rest[..i])
+}
+
+/// `, from tag <tag>` for an entry that came from a tag (not in the Go
+/// program's summary, which did not say).
+fn from_tag_note(origin: &Origin) -> String {
+    from_tag(origin)
+        .map(|t| format!(", from tag {t}"))
+        .unwrap_or_default()
 }
 
 /// The text summary of a built machine, with its VM id.
@@ -134,14 +150,30 @@ pub fn machine_text(m: &Machine, vm_id: Option<u32>) -> String {
         for c in &m.connections {
             s.line(
                 2,
-                format!("{}: {} (ip: {}, mac: {})", c.name, c.network, c.ip, c.mac),
+                format!(
+                    "{}: {} (ip: {}, mac: {}{})",
+                    c.name,
+                    c.network,
+                    c.ip,
+                    c.mac,
+                    from_tag_note(&c.origin)
+                ),
             );
         }
     }
     if !m.devices.is_empty() {
         s.line(1, "Devices:");
         for d in &m.devices {
-            s.line(2, format!("{}: {} ({})", d.name, d.class, d.uuid));
+            s.line(
+                2,
+                format!(
+                    "{}: {} ({}{})",
+                    d.name,
+                    d.class,
+                    d.uuid,
+                    from_tag_note(&d.origin)
+                ),
+            );
         }
     }
     s.out
@@ -167,6 +199,9 @@ fn volume_line(m: &Machine, v: &ResolvedVolume) -> String {
     let mut extra = vec![format!("wwn: {wwn}"), format!("serial: {serial}")];
     if v.bootable {
         extra.push("bootable".to_owned());
+    }
+    if let Some(tag) = from_tag(&v.origin) {
+        extra.push(format!("from tag {tag}"));
     }
     let mut line = format!("{}: {}", v.name, v.pool);
     if !extra.is_empty() {
@@ -259,6 +294,9 @@ struct CpuJson {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct VolumeJson<'a> {
+    /// The tag it came from; absent when from the machine file.
+    #[serde(rename = "from-tag", skip_serializing_if = "Option::is_none")]
+    from_tag: Option<&'a str>,
     name: &'a str,
     storage: &'a str,
     #[serde(rename = "type")]
@@ -271,6 +309,9 @@ struct VolumeJson<'a> {
 
 #[derive(Debug, Serialize)]
 struct ConnectionJson<'a> {
+    /// The tag it came from; absent when from the machine file.
+    #[serde(rename = "from-tag", skip_serializing_if = "Option::is_none")]
+    from_tag: Option<&'a str>,
     name: &'a str,
     network: &'a str,
     bridge: &'a str,
@@ -282,6 +323,9 @@ struct ConnectionJson<'a> {
 
 #[derive(Debug, Serialize)]
 struct DeviceJson<'a> {
+    /// The tag it came from; absent when from the machine file.
+    #[serde(rename = "from-tag", skip_serializing_if = "Option::is_none")]
+    from_tag: Option<&'a str>,
     name: &'a str,
     class: &'a str,
     id: String,
@@ -326,6 +370,7 @@ pub fn machine_json(m: &Machine, vm_id: Option<u32>) -> MachineJson<'_> {
                     wwn,
                     serial,
                     bootable: v.bootable,
+                    from_tag: from_tag(&v.origin),
                 }
             })
             .collect(),
@@ -340,6 +385,7 @@ pub fn machine_json(m: &Machine, vm_id: Option<u32>) -> MachineJson<'_> {
                 ip: &c.ip,
                 mac: &c.mac,
                 queues: c.queues,
+                from_tag: from_tag(&c.origin),
             })
             .collect(),
         devices: m
@@ -349,6 +395,7 @@ pub fn machine_json(m: &Machine, vm_id: Option<u32>) -> MachineJson<'_> {
                 name: d.name.as_str(),
                 class: d.class.as_str(),
                 id: d.uuid.to_string(),
+                from_tag: from_tag(&d.origin),
             })
             .collect(),
     }

@@ -80,7 +80,7 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
         match &host {
             Err(e) => row.error = Some(e.to_string()),
             Ok(h) => match config::load_machine(dir, h, &row.name) {
-                Err(e) => row.error = Some(e.to_string()),
+                Err(e) => row.error = Some(first_problem(&e)),
                 Ok(m) => {
                     row.description = m.description.clone();
                     let installed =
@@ -106,6 +106,17 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
         out.push(row);
     }
     (out, note)
+}
+
+/// The first problem of a broken machine on one line, and how many more
+/// `machina check` shows.
+fn first_problem(e: &config::ConfigError) -> String {
+    let all = e.problems();
+    let first = super::one_line(&all[0].report().text);
+    match all.len() {
+        1 => first,
+        n => format!("{first} (and {} more; `machina check` lists them)", n - 1),
+    }
 }
 
 fn human_duration(d: Duration) -> String {
@@ -141,12 +152,17 @@ fn row_json(r: &Row, now: SystemTime) -> serde_json::Value {
     })
 }
 
-fn print_json(rows: &[Row], note: &Option<String>) {
+fn print_json(rows: &[Row], note: &Option<String>, broken: &[(String, config::ConfigError)]) {
     let now = SystemTime::now();
+    let mut machines: Vec<serde_json::Value> = rows.iter().map(|r| row_json(r, now)).collect();
+    machines.extend(broken.iter().map(|(stem, e)| {
+        json!({"name": stem, "description": "", "unit": null, "qmp": false,
+               "config-changed-since-gen": null, "error": e.to_string()})
+    }));
     let v = json!({
         "systemd": note.is_none(),
         "note": note,
-        "machines": rows.iter().map(|r| row_json(r, now)).collect::<Vec<_>>(),
+        "machines": machines,
     });
     println!("{}", serde_json::to_string_pretty(&v).expect("json"));
 }
@@ -162,7 +178,7 @@ pub fn status(
     let names = machine_names(names)?;
     let (rows, note) = rows(dir, plan_dir, names);
     if json {
-        print_json(&rows, &note);
+        print_json(&rows, &note, &[]);
         return Ok(0);
     }
     if let Some(n) = &note {
@@ -216,10 +232,10 @@ pub fn status(
 
 /// `list`: every VM with its unit state (when systemd runs) and description.
 pub fn list(dir: &ConfigDir, plan_dir: &Path, json: bool) -> Result<i32, CliError> {
-    let names = dir.list_machines()?;
-    let (rows, note) = rows(dir, plan_dir, names);
+    let scan = dir.scan_machines()?;
+    let (rows, note) = rows(dir, plan_dir, scan.names);
     if json {
-        print_json(&rows, &note);
+        print_json(&rows, &note, &scan.broken);
         return Ok(0);
     }
     if let Some(n) = &note {
@@ -253,6 +269,10 @@ pub fn list(dir: &ConfigDir, plan_dir: &Path, json: bool) -> Result<i32, CliErro
             (None, true) => {}
         }
         println!("{}", line.trim_end());
+    }
+    // A badly named file is shown, not allowed to hide the others.
+    for (stem, e) in &scan.broken {
+        println!("{stem}  error: {}", super::one_line(&e.to_string()));
     }
     Ok(0)
 }

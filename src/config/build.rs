@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::error::{ConfigError, Origin};
+use super::error::{ConfigError, Origin, Problems};
 use super::model::*;
 use super::pattern::{expand, port_from_pattern};
 use super::schema::{
@@ -41,10 +41,12 @@ pub fn build(
     file: &MachineFile,
     machine_path: &Path,
 ) -> Result<Machine, ConfigError> {
+    // Every independent check runs, so one run reports every problem.
+    let mut p = Problems::default();
     let morigin = Origin::new(machine_path, "");
     if let Some(json_name) = &file.name {
         if json_name != name.as_str() {
-            return Err(ConfigError::invalid(
+            p.push(ConfigError::invalid(
                 &morigin.key("name"),
                 format!("name {json_name:?} differs from the file name {:?}; rename the file or remove the key", name.as_str()),
             ));
@@ -57,30 +59,47 @@ pub fn build(
     }];
     let horigin = Origin::new(host.path, "tag");
     for (i, tag) in file.tags.iter().enumerate() {
-        let def = host.file.tag.get(tag).ok_or_else(|| {
-            ConfigError::invalid(
+        match host.file.tag.get(tag) {
+            Some(def) => defs.push(Def {
+                def,
+                origin: horigin.key(tag.as_str()),
+            }),
+            None => p.push(ConfigError::invalid(
                 &morigin.key("tags").index(i),
                 format!(
-                    "tag {:?} is not defined in the host file{}",
+                    "tag {:?} is not defined in the host file {}{}",
                     tag.as_str(),
+                    host.path.display(),
                     suggest_tag(host.file, tag)
                 ),
-            )
-        })?;
-        defs.push(Def {
-            def,
-            origin: horigin.key(tag.as_str()),
-        });
+            )),
+        }
     }
 
-    let id = file.id.unwrap_or_else(Uuid::nil);
+    let id = match file.id {
+        Some(id) if !id.is_nil() => id,
+        Some(_) => {
+            p.push(ConfigError::invalid(
+                &morigin.key("id"),
+                "the nil UUID is not a machine id (every such VM would share one SMBIOS UUID); set a UUID of its own, e.g. from `machina gen-id`",
+            ));
+            Uuid::nil()
+        }
+        None => {
+            p.push(ConfigError::invalid(
+                &morigin.key("id"),
+                "no machine id: without one the VM gets the nil UUID, shared by every such VM as SMBIOS UUID and seed of its MACs, serials and WWNs; add \"id\": \"<uuid>\" (`machina gen-id` prints a new one)",
+            ));
+            Uuid::nil()
+        }
+    };
     let vars = merge_vars(&defs);
     let attrs = merge_attrs(&defs);
-    let qemu = resolve_qemu(host)?;
-    let group = resolve_group(host, name, &defs)?;
+    let qemu = p.take(resolve_qemu(host));
+    let group = p.take(resolve_group(host, name, &defs));
 
     let description = file.description.clone();
-    check_text(|| morigin.key("description"), &description)?;
+    p.take(check_text(|| morigin.key("description"), &description));
 
     let ctx = Ctx {
         host,
@@ -89,97 +108,137 @@ pub fn build(
         id_str: id.to_string(),
         description: &description,
         vars: &vars,
+        defs: &defs,
     };
 
     let ram_mib = attrs.memory.ram;
-    if ram_mib == 0 {
-        return Err(ConfigError::invalid(
+    // A missing tag may be what would have set the RAM: its line says so.
+    if ram_mib == 0 && defs.len() == file.tags.len() + 1 {
+        p.push(ConfigError::invalid(
             &morigin.key("attrs.memory.ram"),
             "no RAM is set (attrs.memory.ram, in MiB, in the machine or one of its tags)",
         ));
     }
     if ram_mib > 16 << 20 {
-        return Err(ConfigError::invalid(
+        p.push(ConfigError::invalid(
             &field_origin(&defs, "attrs.memory.ram", |d| d.attrs.memory.ram > 0),
             format!("RAM of {ram_mib} MiB is more than 16 TiB"),
         ));
     }
 
-    let cpu = resolve_cpu(&ctx, &defs, &attrs)?;
-    let firmware = resolve_firmware(&ctx, &defs, &attrs)?;
-    let tpm = resolve_tpm(&ctx, &defs, &attrs)?;
-    let qmp_sockets = resolve_qmp(&ctx, &defs, &attrs)?;
+    let cpu = p.take(resolve_cpu(&ctx, &defs, &attrs));
+    let firmware = p.take(resolve_firmware(&ctx, &defs, &attrs));
+    let tpm = p.take(resolve_tpm(&ctx, &defs, &attrs));
+    let qmp_sockets = p.take(resolve_qmp(&ctx, &defs, &attrs));
     let agent_port = if attrs.agent.qemu.enabled {
-        Some(resolve_port(
-            &ctx,
-            &defs,
-            "attrs.agent.qemu",
-            attrs.agent.qemu.port,
-            &attrs.agent.qemu.port_pattern,
-            |d| {
-                (
-                    d.attrs.agent.qemu.port,
-                    d.attrs.agent.qemu.port_pattern.as_str(),
-                )
-            },
-        )?)
+        p.take(
+            resolve_port(
+                &ctx,
+                &defs,
+                "attrs.agent.qemu",
+                attrs.agent.qemu.port,
+                &attrs.agent.qemu.port_pattern,
+                |d| {
+                    (
+                        d.attrs.agent.qemu.port,
+                        d.attrs.agent.qemu.port_pattern.as_str(),
+                    )
+                },
+            )
+            .map(Some),
+        )
     } else {
-        None
+        Some(None)
     };
     let spice = if attrs.spice.enabled {
-        let port = resolve_port(
-            &ctx,
-            &defs,
-            "attrs.spice",
-            attrs.spice.port,
-            &attrs.spice.port_pattern,
-            |d| (d.attrs.spice.port, d.attrs.spice.port_pattern.as_str()),
-        )?;
-        Some(SpiceSpec {
-            port,
-            heads: attrs.spice.displays.clamp(1, 4),
-        })
+        p.take(
+            resolve_port(
+                &ctx,
+                &defs,
+                "attrs.spice",
+                attrs.spice.port,
+                &attrs.spice.port_pattern,
+                |d| (d.attrs.spice.port, d.attrs.spice.port_pattern.as_str()),
+            )
+            .map(|port| {
+                Some(SpiceSpec {
+                    port,
+                    heads: attrs.spice.displays.clamp(1, 4),
+                })
+            }),
+        )
     } else {
-        None
+        Some(None)
     };
 
-    let volumes = merge_named(
+    let mut volumes = Vec::new();
+    for (v, origin) in merge_named(
+        &mut p,
         &defs,
         "volumes",
+        "volume",
         |d| &d.volumes,
         |v: &Volume| v.name.as_ref().map(|n| n.to_string()),
-    )?
-    .into_iter()
-    .map(|(v, origin)| resolve_volume(&ctx, v, &origin, true))
-    .collect::<Result<Vec<_>, _>>()?;
-    let connections = merge_named(
+    ) {
+        volumes.extend(p.take(resolve_volume(&ctx, v, &origin, true)));
+    }
+    let mut connections = Vec::new();
+    for (c, origin) in merge_named(
+        &mut p,
         &defs,
         "connections",
+        "connection",
         |d| &d.connections,
         |c: &Connection| c.name.as_ref().map(|n| n.to_string()),
-    )?
-    .into_iter()
-    .map(|(c, origin)| resolve_connection(&ctx, c, &origin))
-    .collect::<Result<Vec<_>, _>>()?;
+    ) {
+        connections.extend(p.take(resolve_connection(&ctx, c, &origin)));
+    }
     let mut ifnames = HashSet::new();
     for c in &connections {
         if !ifnames.insert(c.ifname.clone()) {
-            return Err(ConfigError::invalid(
+            p.push(ConfigError::invalid(
                 &c.origin,
                 format!("interface name {} is used by two connections", c.ifname),
             ));
         }
     }
-    let devices = merge_named(
+    let mut devices = Vec::new();
+    for (d, origin) in merge_named(
+        &mut p,
         &defs,
         "devices",
+        "device",
         |d| &d.devices,
         |d: &Device| d.name.as_ref().map(|n| n.to_string()),
-    )?
-    .into_iter()
-    .map(|(d, origin)| resolve_device(&ctx, d, &origin))
-    .collect::<Result<Vec<_>, _>>()?;
+    ) {
+        devices.extend(p.take(resolve_device(&ctx, d, &origin)));
+    }
 
+    if let Some(e) = p.into_error() {
+        return Err(e);
+    }
+    let (
+        Some(qemu),
+        Some(group),
+        Some(cpu),
+        Some(firmware),
+        Some(tpm),
+        Some(qmp_sockets),
+        Some(agent_port),
+        Some(spice),
+    ) = (
+        qemu,
+        group,
+        cpu,
+        firmware,
+        tpm,
+        qmp_sockets,
+        agent_port,
+        spice,
+    )
+    else {
+        unreachable!("every part missing recorded a problem");
+    };
     Ok(Machine {
         name: name.clone(),
         description,
@@ -212,6 +271,8 @@ struct Ctx<'a> {
     id_str: String,
     description: &'a str,
     vars: &'a BTreeMap<String, String>,
+    /// The definitions in merge order (for where a variable came from).
+    defs: &'a [Def<'a>],
 }
 
 fn suggest_tag(host: &HostFile, tag: &TagName) -> String {
@@ -301,31 +362,47 @@ fn union_into(dst: &mut Vec<String>, src: &[String]) {
     }
 }
 
-/// Concatenates a list across definitions (machine first) and drops later
-/// entries whose name repeats. Every entry must have a name.
+/// Concatenates a list across definitions (machine first). Across
+/// definitions the first entry of a name wins (the Go tag-merge rule); within
+/// one list a repeated name is a problem (the Go program dropped the second
+/// entry silently). Every entry must have a name.
 fn merge_named<'a, T>(
+    p: &mut Problems,
     defs: &'a [Def<'a>],
     key: &str,
+    what: &str,
     list: impl Fn(&'a Definition) -> &'a Vec<T>,
     name: impl Fn(&T) -> Option<String>,
-) -> Result<Vec<(&'a T, Origin)>, ConfigError> {
+) -> Vec<(&'a T, Origin)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for d in defs {
+        let mut here: BTreeMap<String, usize> = BTreeMap::new();
         for (i, item) in list(d.def).iter().enumerate() {
             let origin = d.origin.key(key).index(i);
             let Some(n) = name(item) else {
-                return Err(ConfigError::invalid(
+                p.push(ConfigError::invalid(
                     &origin.key("name"),
-                    "a name is required",
+                    format!("a {what} needs a name"),
                 ));
+                continue;
             };
+            if let Some(first) = here.insert(n.clone(), i) {
+                p.push(ConfigError::invalid(
+                    &origin.key("name"),
+                    format!(
+                        "{what} {n:?} is already defined at {}[{first}]; give each {what} its own name",
+                        d.origin.key(key).path
+                    ),
+                ));
+                continue;
+            }
             if seen.insert(n) {
                 out.push((item, origin));
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn resolve_qemu(host: &Host<'_>) -> Result<QemuHost, ConfigError> {
@@ -388,18 +465,23 @@ fn resolve_group(
         .iter()
         .map(|d| d.def.privileges.filesystem.group.id)
         .find(|&id| id != 0);
-    if let Some(id) = gid {
-        if id < 1000 || id == 65534 || id == 65535 || id >= 1 << 31 {
-            return Err(ConfigError::invalid(
-                &field_origin(defs, "privileges.filesystem.group.id", |d| d.privileges.filesystem.group.id != 0),
-                format!("group id {id} is a system, special or out-of-range id; QEMU must run as an unprivileged id"),
-            ));
-        }
-    }
+    // The Go program computed and printed this id but never applied it;
+    // machina runs QEMU as it, so a system id is refused where it would be
+    // used (gen, launch) and only reported by args, cat and check.
+    let refused = gid.and_then(|id| {
+        let bad = id < 1000 || id == 65534 || id == 65535 || id >= 1 << 31;
+        bad.then(|| {
+            (
+                field_origin(defs, "privileges.filesystem.group.id", |d| d.privileges.filesystem.group.id != 0),
+                format!("group id {id} is a system, special or out-of-range id, and machina runs the VM's QEMU as this uid/gid (the Go program never applied it); remove the key to get a derived id from \"id-range\", or set an unused id of 1000 or more"),
+            )
+        })
+    });
     Ok(FsGroup {
         name: gname,
         id: gid,
         range,
+        refused,
     })
 }
 
@@ -609,16 +691,53 @@ fn resolve_port(
         i64::from(port)
     } else {
         let lookup = |k: &str| ctx.vars.get(k).map(String::as_str);
-        port_from_pattern(pattern, lookup)
-            .map_err(|e| ConfigError::invalid(&origin(), e.to_string()))?
+        port_from_pattern(pattern, lookup).map_err(|e| {
+            ConfigError::invalid(&origin(), format!("{e}{}", pattern_vars(ctx, pattern)))
+        })?
     };
     if !(MIN_PORT..=65535).contains(&value) {
+        let why = if fixed {
+            String::new()
+        } else {
+            format!(" (pattern {pattern:?}{})", pattern_vars(ctx, pattern))
+        };
         return Err(ConfigError::invalid(
             &origin(),
-            format!("port {value} is outside {MIN_PORT}–65535 (QEMU runs unprivileged)"),
+            format!(
+                "port {value}{why} is outside {MIN_PORT}–65535 (QEMU runs unprivileged); change the {}",
+                if fixed { "port" } else { "pattern or the variable" }
+            ),
         ));
     }
     Ok(value as u16)
+}
+
+/// The variables a pattern uses, with their values and where each is set:
+/// `; ${employee-id} = "90000" (vm.conf.json: vars.employee-id)`.
+fn pattern_vars(ctx: &Ctx<'_>, pattern: &str) -> String {
+    let used = std::cell::RefCell::new(Vec::<String>::new());
+    let _ = expand(pattern, |k| {
+        let mut u = used.borrow_mut();
+        if !u.iter().any(|x| x == k) {
+            u.push(k.to_owned());
+        }
+        None
+    });
+    used.into_inner()
+        .iter()
+        .map(|k| {
+            let at = ctx.defs.iter().find(|d| d.def.vars.contains_key(k));
+            match (ctx.vars.get(k), at) {
+                (Some(v), Some(d)) => format!(
+                    "; ${{{k}}} = {v:?} ({})",
+                    d.origin.key(&format!("vars.{k}"))
+                ),
+                _ => {
+                    format!("; ${{{k}}} is not set in the machine or its tags (it expands to \"\")")
+                }
+            }
+        })
+        .collect()
 }
 
 /// Rejects control characters (newlines in particular) in text that reaches
@@ -681,7 +800,10 @@ fn resolve_volume(
     };
     check_text(|| porigin().key("pattern"), &file_name)?;
     let base = clean(&base);
-    let path = clean(&base.join(&file_name));
+    // Joined as strings and cleaned, as the Go program's filepath.Join does:
+    // an expansion starting with '/' stays inside the pool (Path::join would
+    // replace the base).
+    let path = clean(Path::new(&format!("{}/{file_name}", base.display())));
     if !path.starts_with(&base) || path == base {
         return Err(ConfigError::invalid(
             origin,
@@ -787,8 +909,7 @@ fn resolve_connection(
     let mac = if c.mac.is_empty() {
         identity::connection_mac(&ctx.id, ctx.name.as_str(), name.as_str())
     } else {
-        check_mac(&c.mac).map_err(|m| ConfigError::invalid(&origin.key("mac"), m))?;
-        c.mac.clone()
+        check_mac(&c.mac).map_err(|m| ConfigError::invalid(&origin.key("mac"), m))?
     };
     let queues = c.queues.max(1);
     if queues > 16 {
@@ -809,9 +930,15 @@ fn resolve_connection(
     })
 }
 
-/// Checks a unicast MAC in `xx:xx:xx:xx:xx:xx` form.
-fn check_mac(mac: &str) -> Result<(), String> {
-    let parts: Vec<&str> = mac.split(':').collect();
+/// Checks a unicast MAC in `xx:xx:xx:xx:xx:xx` or `xx-xx-xx-xx-xx-xx` form
+/// (QEMU accepts both) and returns it with `:`.
+fn check_mac(mac: &str) -> Result<String, String> {
+    let sep = if mac.contains('-') && !mac.contains(':') {
+        '-'
+    } else {
+        ':'
+    };
+    let parts: Vec<&str> = mac.split(sep).collect();
     let ok = parts.len() == 6
         && parts
             .iter()
@@ -827,7 +954,7 @@ fn check_mac(mac: &str) -> Result<(), String> {
             "{mac:?} is a multicast address; a NIC needs a unicast one"
         ));
     }
-    Ok(())
+    Ok(parts.join(":"))
 }
 
 /// The TAP name: `<machine>.<conn>`, or past 15 bytes the first 11 bytes of
@@ -979,6 +1106,8 @@ mod tests {
     #[test]
     fn macs_and_pci() {
         check_mac("52:54:00:26:77:fa").unwrap();
+        assert_eq!(check_mac("52-54-00-26-77-FA").unwrap(), "52:54:00:26:77:FA");
+        assert!(check_mac("52-54-00:26:77:fa").is_err());
         assert!(check_mac("53:54:00:26:77:fa").is_err());
         assert!(check_mac("52:54:00:26:77").is_err());
         assert!(check_mac("52:54:00:26:77:fa,x=y").is_err());

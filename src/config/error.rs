@@ -95,6 +95,68 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The host file does not exist (the Go program required it too).
+    #[error("host file {} not found; create it (it may be just {{}}) or pass --config-dir", path.display())]
+    NoHostFile {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// The configuration directory does not exist.
+    #[error("configuration directory {} not found; pass --config-dir or set MACHINA_CONFIG_DIR", path.display())]
+    NoConfigDir {
+        /// The directory looked for.
+        path: PathBuf,
+    },
+    /// Several problems found in one run, one line each.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+/// Problems collected while building, so that one run reports all of them.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// Records a problem (flattening [`ConfigError::Several`]).
+    pub fn push(&mut self, e: ConfigError) {
+        match e {
+            ConfigError::Several(list) => self.0.extend(list),
+            e => self.0.push(e),
+        }
+    }
+
+    /// The value of `r`, recording its error.
+    pub fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(value)` when nothing was recorded, else every problem.
+    pub fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
+        match self.into_error() {
+            None => Ok(value()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// The recorded problems as one error, if any.
+    pub fn into_error(mut self) -> Option<ConfigError> {
+        match self.0.len() {
+            0 => None,
+            1 => self.0.pop(),
+            _ => Some(ConfigError::Several(self.0)),
+        }
+    }
 }
 
 impl ConfigError {
@@ -105,6 +167,111 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// The single problems this error holds (itself, or each of
+    /// [`ConfigError::Several`]).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(list) => list.iter().flat_map(|e| e.problems()).collect(),
+            e => vec![e],
+        }
+    }
+
+    /// One problem as data (for `machina check --json`): file, line and
+    /// column where known, JSON path, message.
+    pub fn report(&self) -> Problem {
+        let (file, line, column, path, message) = match self {
+            ConfigError::Read { path, source } => (
+                Some(path.clone()),
+                None,
+                None,
+                String::new(),
+                source.to_string(),
+            ),
+            ConfigError::NoMachine { path, .. } => (
+                Some(path.clone()),
+                None,
+                None,
+                String::new(),
+                "no such machine file".to_owned(),
+            ),
+            ConfigError::Parse {
+                file,
+                line,
+                column,
+                path,
+                message,
+            } => (
+                Some(file.clone()),
+                Some(*line),
+                Some(*column),
+                if path == "." {
+                    String::new()
+                } else {
+                    path.clone()
+                },
+                message.clone(),
+            ),
+            ConfigError::Invalid { origin, message } => {
+                let at = locate_in_file(&origin.file, &origin.path);
+                (
+                    Some(origin.file.clone()),
+                    at.map(|a| a.0),
+                    at.map(|a| a.1),
+                    origin.path.clone(),
+                    message.clone(),
+                )
+            }
+            ConfigError::NoHostFile { path } | ConfigError::NoConfigDir { path } => (
+                Some(path.clone()),
+                None,
+                None,
+                String::new(),
+                self.to_string(),
+            ),
+            ConfigError::Several(_) => (None, None, None, String::new(), self.to_string()),
+        };
+        let text = match (self, &file, line, column) {
+            (ConfigError::Invalid { .. }, Some(f), Some(l), Some(c)) => {
+                format!("{}:{l}:{c}: {path}: {message}", f.display())
+            }
+            _ => self.to_string(),
+        };
+        Problem {
+            file,
+            line,
+            column,
+            path,
+            message,
+            text,
+        }
+    }
+}
+
+/// Where `path` is in `file` (read again, only for an error message).
+fn locate_in_file(file: &Path, path: &str) -> Option<(usize, usize)> {
+    if path.is_empty() || std::fs::metadata(file).ok()?.len() > 4 << 20 {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    super::locate::locate(&text, path)
+}
+
+/// One configuration problem as data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The file, if the problem has one.
+    pub file: Option<PathBuf>,
+    /// 1-based line, where known.
+    pub line: Option<usize>,
+    /// 1-based column, where known.
+    pub column: Option<usize>,
+    /// The JSON path (`attrs.cpu.cores`), or empty.
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The whole one-line message, as printed.
+    pub text: String,
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and the

@@ -50,14 +50,31 @@ impl ConfigDir {
             .join(format!("{name}{MACHINE_SUFFIX}"))
     }
 
-    /// Reads the host file. A missing host file is an empty configuration,
-    /// as for the Go program (machines may need nothing from it).
+    /// Reads the host file. A missing host file is an error, as for the Go
+    /// program (a missing directory says so rather than "file not found").
     pub fn load_host(&self) -> Result<HostFile, ConfigError> {
         let path = self.host_path();
         match read_limited(&path) {
             Ok(text) => parse(&path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HostFile::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.missing(path)),
             Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// The error for a missing file of this directory: the directory itself
+    /// when it is missing, else the file.
+    fn missing(&self, path: PathBuf) -> ConfigError {
+        if !self.root.is_dir() {
+            ConfigError::NoConfigDir {
+                path: self.root.clone(),
+            }
+        } else if path == self.host_path() {
+            ConfigError::NoHostFile { path }
+        } else {
+            ConfigError::Read {
+                source: std::io::ErrorKind::NotFound.into(),
+                path,
+            }
         }
     }
 
@@ -65,7 +82,11 @@ impl ConfigDir {
     pub fn load_machine(&self, name: &MachineName) -> Result<MachineFile, ConfigError> {
         let path = self.machine_path(name);
         let text = read_limited(&path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
+            if source.kind() == std::io::ErrorKind::NotFound && !self.root.is_dir() {
+                ConfigError::NoConfigDir {
+                    path: self.root.clone(),
+                }
+            } else if source.kind() == std::io::ErrorKind::NotFound {
                 ConfigError::NoMachine {
                     path: path.clone(),
                     name: name.to_string(),
@@ -80,16 +101,26 @@ impl ConfigDir {
         parse(&path, &text)
     }
 
-    /// The machine names present, sorted. Files whose stem is not a valid
-    /// machine name are reported as errors rather than skipped.
-    pub fn list_machines(&self) -> Result<Vec<MachineName>, ConfigError> {
+    /// The machine names present, sorted, and the files in the machine
+    /// directory that cannot be machines (a bad file name): those are
+    /// reported beside the others rather than hiding them.
+    pub fn scan_machines(&self) -> Result<MachineScan, ConfigError> {
         let dir = self.root.join(MACHINE_DIR);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !self.root.is_dir() {
+                    return Err(ConfigError::NoConfigDir {
+                        path: self.root.clone(),
+                    });
+                }
+                // No machine directory: no machines (the host file may
+                // still be checked).
+                return Ok(MachineScan::default());
+            }
             Err(source) => return Err(ConfigError::Read { path: dir, source }),
         };
-        let mut names = Vec::new();
+        let mut scan = MachineScan::default();
         for entry in entries {
             let entry = entry.map_err(|source| ConfigError::Read {
                 path: dir.clone(),
@@ -99,15 +130,43 @@ impl ConfigDir {
             let Some(stem) = file.to_str().and_then(|f| f.strip_suffix(MACHINE_SUFFIX)) else {
                 continue;
             };
-            let name = MachineName::new(stem).map_err(|e| ConfigError::Invalid {
-                origin: super::error::Origin::new(&entry.path(), ""),
-                message: format!("file name is not a valid machine name: {e}"),
-            })?;
-            names.push(name);
+            match MachineName::new(stem) {
+                Ok(name) => scan.names.push(name),
+                Err(e) => scan.broken.push((
+                    stem.to_owned(),
+                    ConfigError::Invalid {
+                        origin: super::error::Origin::new(&entry.path(), ""),
+                        message: format!(
+                            "file name is not a valid machine name: {e}; rename the file"
+                        ),
+                    },
+                )),
+            }
         }
-        names.sort();
-        Ok(names)
+        scan.names.sort();
+        scan.broken.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(scan)
     }
+
+    /// The machine names present, sorted; a file whose name is not a valid
+    /// machine name is an error.
+    pub fn list_machines(&self) -> Result<Vec<MachineName>, ConfigError> {
+        let mut scan = self.scan_machines()?;
+        match scan.broken.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(scan.names),
+        }
+    }
+}
+
+/// The machine directory's content.
+#[derive(Debug, Default)]
+pub struct MachineScan {
+    /// Valid machine names, sorted.
+    pub names: Vec<MachineName>,
+    /// Files named `*.conf.json` whose stem is not a machine name: the stem
+    /// and the error.
+    pub broken: Vec<(String, ConfigError)>,
 }
 
 fn read_limited(path: &Path) -> std::io::Result<String> {

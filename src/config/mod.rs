@@ -5,13 +5,16 @@
 mod build;
 pub mod error;
 mod load;
+pub mod locate;
 pub mod model;
 pub mod pattern;
 pub mod schema;
 
 pub use build::{build, link_name, Host, MIN_PORT};
-pub use error::{ConfigError, Origin};
-pub use load::{parse, ConfigDir, DEFAULT_CONFIG_DIR, HOST_FILE, MACHINE_DIR, MACHINE_SUFFIX};
+pub use error::{ConfigError, Origin, Problem, Problems};
+pub use load::{
+    parse, ConfigDir, MachineScan, DEFAULT_CONFIG_DIR, HOST_FILE, MACHINE_DIR, MACHINE_SUFFIX,
+};
 pub use model::Machine;
 pub use schema::{HostFile, MachineFile};
 

@@ -23,7 +23,7 @@ pub struct Machine {
     pub name: MachineName,
     /// Free text.
     pub description: String,
-    /// The machine UUID (nil when the file has none).
+    /// The machine UUID (never nil: a file without one is refused).
     pub id: Uuid,
     /// Tags, in order.
     pub tags: Vec<TagName>,
@@ -70,6 +70,9 @@ pub struct FsGroup {
     pub id: Option<u32>,
     /// The range derived ids come from.
     pub range: IdRange,
+    /// Why the configured id cannot be used (a system id): `gen` and the
+    /// launch refuse with this message, `args`, `cat` and `check` report it.
+    pub refused: Option<(Origin, String)>,
 }
 
 /// QEMU settings from the host file.

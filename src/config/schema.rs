@@ -401,15 +401,42 @@ pub struct Cpu {
     /// A host processor name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub processor: String,
-    /// Sockets.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Sockets (1 or more; leave the key out for the default).
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "positive_count"
+    )]
+    #[schemars(range(min = 1))]
     pub sockets: u32,
-    /// Cores per socket.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Cores per socket (1 or more; leave the key out for the default).
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "positive_count"
+    )]
+    #[schemars(range(min = 1))]
     pub cores: u32,
-    /// Threads per core.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Threads per core (1 or more; leave the key out for the default).
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "positive_count"
+    )]
+    #[schemars(range(min = 1))]
     pub threads: u32,
+}
+
+/// A CPU count written in a file: 0 is refused, because the Go program (and
+/// QEMU's `-smp`) silently dropped it instead of saying so.
+fn positive_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom(
+            "0 is not a count; give 1 or more, or leave the key out for the default",
+        ));
+    }
+    Ok(n)
 }
 
 /// `attrs.memory`.

@@ -107,6 +107,10 @@ pub enum IdError {
         /// Range end.
         last: u32,
     },
+    /// The configured id is a system or special id (the message says why
+    /// and what to do).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Ids already in use on the target host: users and groups in
@@ -159,6 +163,9 @@ impl TakenIds {
     /// (a VM keeps its id across `gen`); else the first derived candidate
     /// that no other VM, user or group has.
     pub fn id_for(&self, m: &Machine) -> Result<u32, IdError> {
+        if let Some((origin, why)) = &m.group.refused {
+            return Err(IdError::Refused(format!("{origin}: {why}")));
+        }
         if let Some(id) = m.group.id {
             return Ok(id);
         }

@@ -71,6 +71,29 @@ impl Hardware {
 /// Longest QEMU block node name (`BLOCK_NODE_NAME` is 32 bytes with NUL).
 const MAX_NODE_NAME: usize = 31;
 
+/// A node-name QEMU accepts for a natural one (`<machine>-<volume>-file`):
+/// the natural name when it starts with a letter, has at most 31 characters
+/// and only letters, digits, `-`, `.`, `_`; else `n` and the first 16 hex
+/// digits of its SHA3-256 (stable, 17 characters). Node-names are not guest
+/// visible: the Go program emitted invalid ones, which QEMU refused.
+pub fn valid_node_name(natural: &str) -> String {
+    let ok = natural.len() <= MAX_NODE_NAME
+        && natural.starts_with(|c: char| c.is_ascii_alphabetic())
+        && natural
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        return natural.to_owned();
+    }
+    use sha3::{Digest, Sha3_256};
+    let digest = Sha3_256::digest(natural.as_bytes());
+    let mut out = String::from("n");
+    for b in &digest[..8] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 /// Builds the hardware for `m`.
 pub fn build(m: &Machine) -> Result<Hardware, ConfigError> {
     Builder::new(m).run()
@@ -169,7 +192,7 @@ impl<'m> Builder<'m> {
         } else {
             format!("{}-{}", self.m.name, v.name)
         };
-        self.add_node(v, &node)?;
+        let node = self.add_node(v, &node)?;
         let o = Opt::new("blockdev")
             .named("driver", "file")
             .named("node-name", &node);
@@ -182,26 +205,17 @@ impl<'m> Builder<'m> {
         Ok(node)
     }
 
-    fn add_node(&mut self, v: &ResolvedVolume, node: &str) -> Result<(), ConfigError> {
-        if node.len() > MAX_NODE_NAME {
-            return Err(ConfigError::invalid(
-                &v.origin.key("name"),
-                format!("QEMU block node name {node:?} is longer than {MAX_NODE_NAME} characters; shorten the machine or volume name"),
-            ));
-        }
-        if !node.starts_with(|c: char| c.is_ascii_alphabetic()) {
-            return Err(ConfigError::invalid(
-                &v.origin.key("name"),
-                format!("QEMU block node name {node:?} must start with a letter; rename the volume (or machine)"),
-            ));
-        }
-        if !self.nodes.insert(node.to_owned()) {
+    /// Registers a block node and returns its node-name: the natural one
+    /// when QEMU accepts it, else [`valid_node_name`] of it.
+    fn add_node(&mut self, v: &ResolvedVolume, natural: &str) -> Result<String, ConfigError> {
+        let node = valid_node_name(natural);
+        if !self.nodes.insert(node.clone()) {
             return Err(ConfigError::invalid(
                 &v.origin.key("name"),
                 format!("QEMU block node name {node:?} is already used by another volume"),
             ));
         }
-        Ok(())
+        Ok(node)
     }
 
     fn cpu(&mut self) -> Opt {
@@ -375,8 +389,8 @@ impl<'m> Builder<'m> {
     fn raw_nodes(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
         let node = format!("{}-{}", self.m.name, v.name);
         let file = format!("{node}-file");
-        self.add_node(v, &node)?;
-        self.add_node(v, &file)?;
+        let node = self.add_node(v, &node)?;
+        let file = self.add_node(v, &file)?;
         let mut f = Opt::new("blockdev")
             .named("driver", "file")
             .named("node-name", &file);
@@ -405,8 +419,7 @@ impl<'m> Builder<'m> {
 
     /// A read-only file node for an ISO, named after the volume.
     fn iso_node(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
-        let node = v.name.to_string();
-        self.add_node(v, &node)?;
+        let node = self.add_node(v, v.name.as_str())?;
         self.blockdevs.push(
             Opt::new("blockdev")
                 .named("driver", "file")
@@ -437,8 +450,7 @@ impl<'m> Builder<'m> {
                 let node = if v.kind == StorageType::RawBlock {
                     self.raw_nodes(v)?
                 } else {
-                    let node = format!("{}-{}", self.m.name, v.name);
-                    self.add_node(v, &node)?;
+                    let node = self.add_node(v, &format!("{}-{}", self.m.name, v.name))?;
                     self.blockdevs.push(
                         Opt::new("blockdev")
                             .named("driver", "vvfat")
