@@ -20,8 +20,7 @@ const MACHINES: usize = 10_000;
 const GO_MS_PER_MACHINE: f64 = 0.38;
 
 fn write_tree(dir: &Path) -> Vec<String> {
-    let golden =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/go/readme-example");
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/go/readme-example");
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/config");
     let host = if golden.exists() {
         golden.join("machina.conf.json")
