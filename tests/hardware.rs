@@ -7,7 +7,14 @@ use machina::config::{self, Host, HostFile, Machine, MachineFile};
 use machina::names::MachineName;
 use serde_json::{json, Value};
 
-fn build(host: Value, machine: Value) -> Result<Machine, String> {
+/// The machine id the tests use when a case does not set one (a machine
+/// file without `id` is refused).
+const ID: &str = "8b18191a-234f-45ce-b43c-b46e28cd2f70";
+
+fn build(host: Value, mut machine: Value) -> Result<Machine, String> {
+    if machine.get("id").is_none() {
+        machine["id"] = json!(ID);
+    }
     let h: HostFile =
         config::parse(Path::new("host.json"), &host.to_string()).map_err(|e| e.to_string())?;
     let m: MachineFile =
