@@ -252,7 +252,9 @@ pub struct MachineFile {
     /// Free text.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
-    /// The machine UUID.
+    /// The machine UUID (required: `machina gen-id` prints a new one). An
+    /// absent one is reported by the build with every other problem, so it
+    /// stays optional for parsing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
     /// Tags, in order.

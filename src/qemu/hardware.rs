@@ -690,3 +690,34 @@ fn scsi_child(driver: &'static str, id: String, n: usize, node: &String) -> Opt 
 fn nonempty(s: &String) -> Option<&String> {
     (!s.is_empty()).then_some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::valid_node_name;
+
+    #[test]
+    fn node_names_valid_kept_invalid_derived() {
+        assert_eq!(valid_node_name("test-vm-os-file"), "test-vm-os-file");
+        assert_eq!(
+            valid_node_name("a23456789012345678901234567890b"),
+            "a23456789012345678901234567890b"
+        );
+        // The recipe is in the README's changelog: keep these stable.
+        let derived = valid_node_name("2fa-gw-os-file");
+        assert_eq!(derived.len(), 17);
+        assert!(derived.starts_with('n'));
+        assert_eq!(derived, valid_node_name("2fa-gw-os-file"));
+        assert_ne!(derived, valid_node_name("2fa-gw-os"));
+        let long = valid_node_name("engineering-workstation-904-os-file");
+        assert_eq!(long.len(), 17);
+        assert_eq!(derived, "n".to_owned() + &sha3_hex("2fa-gw-os-file"));
+    }
+
+    fn sha3_hex(s: &str) -> String {
+        use sha3::{Digest, Sha3_256};
+        Sha3_256::digest(s.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
