@@ -856,8 +856,26 @@ fn check_runs_what_gen_runs() {
     let dir = TempDir::new("check-gen");
     let mut m = base_machine();
     m["attrs"]["tpm"] = json!({"enabled": true});
-    write_config(&dir.0, &base_host(), &[("vm", &m)]);
+    let mut m2 = m.clone();
+    m2["id"] = json!("11111111-2222-4333-8444-777777777777");
+    m2["attrs"] = json!({"qmp": {"enabled": true}});
+    m2["privileges"] = json!({"filesystem": {"group": {"id": 108}}});
+    write_config(&dir.0, &base_host(), &[("vm", &m), ("vm2", &m2)]);
     assert_eq!(machina(&dir.0, &["args", "vm"]).0, 0);
+    // gen reports both machines' refusals, writing nothing.
+    let (code, _, err) = machina(
+        &dir.0,
+        &["gen", "--root", dir.0.to_str().unwrap(), "vm", "vm2"],
+    );
+    assert_eq!(code, 1);
+    let refusals: Vec<&str> = err.lines().filter(|l| !l.contains("warning")).collect();
+    assert_eq!(refusals.len(), 2, "{err}");
+    assert!(refusals[0].contains("vm.conf.json: attrs.tpm"), "{err}");
+    assert!(
+        refusals[1].contains("vm2.conf.json: privileges.filesystem.group.id: group id 108"),
+        "{err}"
+    );
+    assert!(!dir.0.join("etc").exists());
     let (code, out, _) = machina(&dir.0, &["check"]);
     assert_eq!(code, 1);
     assert!(

@@ -40,10 +40,11 @@ pub fn generate(
         )));
     }
     let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
-    // Build everything first: the first error aborts before anything is
-    // written.
+    // Build everything first: any error aborts before anything is written,
+    // and every machine's problem is reported.
     let mut outputs: Vec<(Plan, String)> = Vec::new();
-    for m in &machines {
+    let mut problems: Vec<String> = Vec::new();
+    let mut one = |m: &crate::config::Machine| -> Result<(Plan, String), CliError> {
         if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
             // The Go program ran swtpm in a unit of its own; machina does
             // not yet, and a unit whose QEMU waits for a socket nobody
@@ -68,7 +69,16 @@ pub fn generate(
                 m.name
             );
         }
-        outputs.push((plan, text));
+        Ok((plan, text))
+    };
+    for m in &machines {
+        match one(m) {
+            Ok(o) => outputs.push(o),
+            Err(e) => problems.push(e.0),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CliError(problems.join("\n")));
     }
     for (i, (plan, text)) in outputs.iter().enumerate() {
         let plan_path = plan_dir.join(format!("{}.json", plan.machine));
