@@ -1049,3 +1049,42 @@ fn first_definition_wins_across_tags_and_cat_names_the_tag() {
     assert_eq!(v[0]["volumes"][1]["from-tag"], "small");
     assert_eq!(v[0]["connections"][1]["from-tag"], "small");
 }
+
+/// `check` needs no root: run as nobody (when the test runs as root), it
+/// reads the configuration and answers; nothing else is needed.
+#[test]
+fn check_works_without_root() {
+    use std::os::unix::fs::PermissionsExt;
+    if !common::is_root() {
+        // Already unprivileged: the other check tests cover it.
+        let dir = TempDir::new("check-user");
+        write_config(&dir.0, &base_host(), &[("vm", &base_machine())]);
+        assert_eq!(machina(&dir.0, &["check"]).0, 0);
+        return;
+    }
+    let dir = TempDir::new("check-nobody");
+    write_config(&dir.0, &base_host(), &[("vm", &base_machine())]);
+    let mut bad = base_machine();
+    bad["connections"][0]["network"] = json!("wan");
+    write_config(&dir.0, &base_host(), &[("bad", &bad)]);
+    for p in [&dir.0, &dir.0.join("machine.conf.d")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let bin = common::bin("machina");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("--config-dir")
+        .arg(&dir.0)
+        .args(["check", "--json"])
+        .output();
+    let Ok(out) = out else {
+        return common::skip("check_works_without_root", "setpriv is not installed");
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["machine"], "bad");
+    assert!(err.contains("check: 2 machines, 1 problem"), "{err}");
+}
