@@ -1,7 +1,8 @@
 //! Tag merge (reference §2.11), population of derived identities (§7) and
 //! resolution against the host file, with every check the Go program lacked.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use uuid::Uuid;
@@ -374,31 +375,36 @@ fn merge_named<'a, T>(
     list: impl Fn(&'a Definition) -> &'a Vec<T>,
     name: impl Fn(&T) -> Option<String>,
 ) -> Vec<(&'a T, Origin)> {
-    let mut seen = HashSet::new();
+    // Name → (definition, index) of its first entry.
+    let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
     let mut out = Vec::new();
-    for d in defs {
-        let mut here: BTreeMap<String, usize> = BTreeMap::new();
+    for (di, d) in defs.iter().enumerate() {
         for (i, item) in list(d.def).iter().enumerate() {
-            let origin = d.origin.key(key).index(i);
             let Some(n) = name(item) else {
                 p.push(ConfigError::invalid(
-                    &origin.key("name"),
+                    &d.origin.key(key).index(i).key("name"),
                     format!("a {what} needs a name"),
                 ));
                 continue;
             };
-            if let Some(first) = here.insert(n.clone(), i) {
-                p.push(ConfigError::invalid(
-                    &origin.key("name"),
-                    format!(
-                        "{what} {n:?} is already defined at {}[{first}]; give each {what} its own name",
-                        d.origin.key(key).path
-                    ),
-                ));
-                continue;
-            }
-            if seen.insert(n) {
-                out.push((item, origin));
+            match seen.entry(n) {
+                Entry::Vacant(e) => {
+                    e.insert((di, i));
+                    out.push((item, d.origin.key(key).index(i)));
+                }
+                Entry::Occupied(e) if e.get().0 == di => {
+                    p.push(ConfigError::invalid(
+                        &d.origin.key(key).index(i).key("name"),
+                        format!(
+                            "{what} {:?} is already defined at {}[{}]; give each {what} its own name",
+                            e.key(),
+                            d.origin.key(key).path,
+                            e.get().1
+                        ),
+                    ));
+                }
+                // Defined by an earlier definition: the first wins.
+                Entry::Occupied(_) => {}
             }
         }
     }
