@@ -974,6 +974,25 @@ fn go_configurations_that_ran_still_run() {
     }
     let (_, again, _) = machina(&dir.0, &["args", "2fa-gw"]);
     assert_eq!(out, again, "stable");
+    // The second example: 35 characters with a valid start.
+    let mut ew = base_machine();
+    ew["id"] = json!("11111111-2222-4333-8444-999999999999");
+    write_config(&dir.0, &h, &[("engineering-workstation-904", &ew)]);
+    let (code, out, err) = machina(&dir.0, &["args", "engineering-workstation-904"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("engineering-workstation-904-os-file"),
+        "{out}"
+    );
+    assert!(
+        out.contains("node-name=engineering-workstation-904-os,"),
+        "31 characters is valid: {out}"
+    );
+    std::fs::remove_file(
+        dir.0
+            .join("machine.conf.d/engineering-workstation-904.conf.json"),
+    )
+    .unwrap();
     // Leaving the pool is still refused.
     h["storage"]["dots"] =
         json!({"path": "/srv/vm", "pattern": "/../${volume}.raw", "type": "raw"});
