@@ -4,8 +4,10 @@
 //! could not be reached, …; one line per problem on stderr); 2 usage error
 //! (unknown command or flag, missing argument).
 
+mod complete;
 mod generate;
 mod host;
+mod manual;
 mod qmp;
 mod summary;
 mod units;
@@ -24,6 +26,9 @@ use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 /// Where generated units go.
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 use crate::qemu;
+
+pub use complete::command;
+pub use manual::{man_pages, write_package_files};
 
 /// Exit code for a failed command.
 pub const EXIT_FAILURE: i32 = 1;
@@ -192,6 +197,15 @@ enum Command {
     },
     /// Displays machina version information.
     Version,
+    /// Writes the man pages and shell completions the packages ship.
+    #[command(hide = true)]
+    PackageFiles {
+        /// Output directory.
+        out: PathBuf,
+        /// Where the packages install `machina` (for the completion scripts).
+        #[arg(long, value_name = "DIR", default_value = "/usr/bin")]
+        bin_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -235,6 +249,7 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    complete::complete_if_asked();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -374,6 +389,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 serde_json::to_string_pretty(&schema).expect("schema serializes")
             )?;
         }
+        Command::PackageFiles { out, bin_dir } => write_package_files(&out, &bin_dir)?,
         Command::Version => {
             writeln!(out, "machina {}", env!("CARGO_PKG_VERSION"))?;
             writeln!(out, "  launch plan version: {}", crate::plan::PLAN_VERSION)?;
