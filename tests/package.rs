@@ -300,6 +300,10 @@ fn deb_installs_runs_a_vm_upgrades_under_it_and_purges() {
     );
     for d in ["/etc/machina/machine.conf.d", "/etc/machina/launch"] {
         assert!(c.path(d).is_dir(), "{d} made by the package");
+        assert!(
+            c.exec_ok(&["dpkg", "-S", d]).starts_with("machina:"),
+            "dpkg owns {d}"
+        );
     }
 
     // A host file and two VMs (the second only for completion).
