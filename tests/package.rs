@@ -596,3 +596,43 @@ fn completion_through_sudo(test: &str, c: &Container, vm: &str, other: &str) {
     let p = completed("sudo machina start ", &[vm, other]);
     println!("sudo machina start <Tab><Tab>:\n{}", p.trim());
 }
+
+/// The completer behind the scripts: VM names from `--config-dir`, else
+/// `$MACHINA_CONFIG_DIR`; subcommands by prefix; `system` only for `cat`.
+#[test]
+fn completion_offers_vm_names_from_the_configuration_directory() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let complete = |env_dir: Option<&Path>, words: &[&str]| -> Vec<String> {
+        let mut c = Command::new(common::bin("machina"));
+        c.env("MACHINA_COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+            .env("_CLAP_IFS", "\u{b}")
+            .env_remove("MACHINA_CONFIG_DIR")
+            .arg("--")
+            .args(words);
+        if let Some(d) = env_dir {
+            c.env("MACHINA_CONFIG_DIR", d);
+        }
+        let out = run_ok(&mut c);
+        String::from_utf8_lossy(&out.stdout)
+            .split('\u{b}')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let names = ["desk-042", "test-vm", "web-01"];
+    let dir = examples.to_str().unwrap();
+    let got = complete(None, &["machina", "--config-dir", dir, "start", ""]);
+    assert!(names.iter().all(|n| got.iter().any(|g| g == n)), "{got:?}");
+    assert!(!got.iter().any(|g| g == "system"), "{got:?}");
+    let got = complete(Some(&examples), &["machina", "cat", "w"]);
+    assert_eq!(got, ["web-01"]);
+    let got = complete(Some(&examples), &["machina", "cat", "sy"]);
+    assert_eq!(got, ["system"]);
+    let got = complete(None, &["machina", "st"]);
+    assert_eq!(got, ["start", "stop", "status"]);
+    // Another directory, another set; a missing one completes no VM.
+    let got = complete(None, &["machina", "stop", "--config-dir=/nonexistent", "t"]);
+    assert!(got.is_empty(), "{got:?}");
+}
