@@ -101,11 +101,20 @@ fn machine_candidates(current: &OsStr) -> Vec<CompletionCandidate> {
 /// Whether the command line being completed is `machina cat …`, the one
 /// command that also takes `system`.
 fn is_cat() -> bool {
-    std::env::args_os()
-        .skip_while(|a| a != "--")
-        .skip(2)
-        .find(|a| !a.to_string_lossy().starts_with('-'))
-        .is_some_and(|a| a == "cat")
+    subcommand_of(std::env::args_os().skip_while(|a| a != "--").skip(2)).is_some_and(|a| a == "cat")
+}
+
+/// The first word that is neither an option nor a global option's value.
+fn subcommand_of(mut args: impl Iterator<Item = OsString>) -> Option<OsString> {
+    const VALUED: [&str; 3] = ["--config-dir", "--plan-dir", "--unit-dir"];
+    while let Some(a) = args.next() {
+        if VALUED.iter().any(|v| a == *v) {
+            args.next();
+        } else if !a.to_string_lossy().starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// The configuration directory a command line names.
@@ -142,6 +151,20 @@ mod tests {
     }
 
     #[test]
+    fn the_subcommand_is_found_after_global_options() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>().into_iter();
+        assert_eq!(
+            subcommand_of(args(&["--config-dir", "/x", "cat", "a"])),
+            Some("cat".into())
+        );
+        assert_eq!(
+            subcommand_of(args(&["--json", "list"])),
+            Some("list".into())
+        );
+        assert_eq!(subcommand_of(args(&["--plan-dir"])), None);
+    }
+
+    #[test]
     fn every_machine_argument_completes_names() {
         let cmd = command();
         let with: Vec<&str> = cmd
@@ -161,7 +184,7 @@ mod tests {
     fn bash_registration_is_a_function() {
         let s = String::from_utf8(registration("bash", "/usr/bin/machina").unwrap()).unwrap();
         assert!(s.contains("-F _clap_complete_machina machina"), "{s}");
-        assert!(s.contains("/usr/bin/machina -- "), "{s}");
+        assert!(s.contains("\"/usr/bin/machina\" -- "), "{s}");
         assert!(!s.contains("complete -C"), "{s}");
     }
 }
