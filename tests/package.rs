@@ -512,60 +512,48 @@ fn deb_installs_runs_a_vm_upgrades_under_it_and_purges() {
     assert!(c.exec(&["dpkg", "-s", "machina"]).status.code() != Some(0));
 }
 
-/// Drives `sudo machina …<Tab><Tab>` in an interactive login bash inside
-/// the container through tmux, and reads what bash offers.
-fn completion_through_sudo(test: &str, c: &Container, vm: &str, other: &str) {
-    if !have("tmux") {
-        return common::skip(test, "tmux is not installed (apt-get install tmux)");
+/// An interactive shell in a tmux session of its own, driven by keys.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `argv` in a new detached session on a private server.
+    fn start(tag: &str, argv: &[&str]) -> Tmux {
+        let t = Tmux {
+            socket: format!("machina-{tag}-{}", std::process::id()),
+        };
+        run_ok(
+            Command::new("tmux")
+                .args(["-L", &t.socket, "-f", "/dev/null"])
+                .args(["new-session", "-d", "-x", "160", "-y", "40"])
+                .args(argv),
+        );
+        t
     }
-    let socket = format!("machina-{}", c.name());
-    let tmux = |args: &[&str]| -> String {
+
+    fn keys(&self, keys: &[&str]) {
+        run_ok(
+            Command::new("tmux")
+                .args(["-L", &self.socket, "send-keys"])
+                .args(keys),
+        );
+    }
+
+    fn pane(&self) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &socket])
-            .args(args)
+            .args(["-L", &self.socket, "capture-pane", "-p"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["-L", &self.0, "kill-server"])
-                .output();
-        }
     }
-    let _kill = Kill(socket.clone());
-    let pid = c.pid().to_string();
-    run_ok(
-        Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null"])
-            .args([
-                "new-session",
-                "-d",
-                "-x",
-                "160",
-                "-y",
-                "40",
-                "/usr/bin/nsenter",
-                "-t",
-                &pid,
-                "-a",
-                "/usr/bin/env",
-                "-i",
-                "TERM=screen",
-                "HOME=/root",
-                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                "/bin/bash",
-                "--login",
-                "-i",
-            ]),
-    );
-    let pane = || tmux(&["capture-pane", "-p"]);
-    let wait_pane = |what: &str, f: &dyn Fn(&str) -> bool| {
+
+    /// Waits until the pane satisfies `f` (the shell answers keys in its
+    /// own time); returns it.
+    fn wait(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
-            let p = pane();
+            let p = self.pane();
             if f(&p) {
                 return p;
             }
@@ -575,26 +563,150 @@ fn completion_through_sudo(test: &str, c: &Container, vm: &str, other: &str) {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    };
-    // The shell is ready when it runs what is typed.
-    tmux(&["send-keys", "echo READY-$((40+2))", "Enter"]);
-    wait_pane("prompt", &|p| p.contains("READY-42"));
-    let completed = |line: &str, want: &[&str]| {
-        tmux(&["send-keys", "clear", "Enter"]);
-        wait_pane("cleared", &|p| {
-            !p.contains("READY-42") && !p.contains("machina")
-        });
-        tmux(&["send-keys", line, "Tab", "Tab"]);
-        let p = wait_pane(&format!("{want:?}"), &|p| {
-            want.iter().all(|w| p.contains(w))
-        });
-        tmux(&["send-keys", "C-c"]);
-        p
-    };
-    let p = completed("sudo machina st", &["start", "status", "stop"]);
-    println!("sudo machina st<Tab><Tab>:\n{}", p.trim());
-    let p = completed("sudo machina start ", &[vm, other]);
-    println!("sudo machina start <Tab><Tab>:\n{}", p.trim());
+    }
+
+    /// Runs `setup`, waits for the shell to have run it, then types each
+    /// line followed by `tabs` and checks that every wanted word is
+    /// offered. Returns the panes.
+    fn complete(&self, setup: &str, tabs: &[&str], cases: &[(&str, &[&str])]) -> Vec<String> {
+        self.keys(&[&format!("{setup}; echo READY-$((40+2))"), "Enter"]);
+        self.wait("prompt", |p| p.contains("READY-42"));
+        let mut panes = Vec::new();
+        for (line, want) in cases {
+            self.keys(&["clear", "Enter"]);
+            self.wait("cleared", |p| {
+                !p.contains("READY-42") && !p.contains("machina")
+            });
+            let mut keys = vec![*line];
+            keys.extend_from_slice(tabs);
+            self.keys(&keys);
+            panes.push(self.wait(&format!("{want:?}"), |p| want.iter().all(|w| p.contains(w))));
+            self.keys(&["C-c"]);
+        }
+        panes
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+/// Drives `sudo machina …<Tab><Tab>` in an interactive login bash inside
+/// the container through tmux, and reads what bash offers.
+fn completion_through_sudo(test: &str, c: &Container, vm: &str, other: &str) {
+    if !have("tmux") {
+        return common::skip(test, "tmux is not installed (apt-get install tmux)");
+    }
+    let pid = c.pid().to_string();
+    let shell = Tmux::start(
+        "bash",
+        &[
+            "/usr/bin/nsenter",
+            "-t",
+            &pid,
+            "-a",
+            "/usr/bin/env",
+            "-i",
+            "TERM=screen",
+            "HOME=/root",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "/bin/bash",
+            "--login",
+            "-i",
+        ],
+    );
+    let panes = shell.complete(
+        "true",
+        &["Tab", "Tab"],
+        &[
+            ("sudo machina st", &["start", "status", "stop"]),
+            ("sudo machina start ", &[vm, other]),
+        ],
+    );
+    for p in panes {
+        println!("bash, sudo:\n{}", p.trim());
+    }
+}
+
+/// The zsh and fish scripts, in the real shells: subcommands and VM names
+/// (zsh interactively through `sudo`, with compinit; fish with `complete
+/// -C`), calling this build's `machina`.
+#[test]
+fn zsh_and_fish_complete_subcommands_and_vm_names() {
+    const TEST: &str = "zsh_and_fish_complete_subcommands_and_vm_names";
+    for tool in ["zsh", "fish", "tmux", "sudo"] {
+        if !have(tool) {
+            return common::skip(
+                TEST,
+                &format!("{tool} is not installed (apt-get install {tool})"),
+            );
+        }
+    }
+    let tmp = TempDir::new("completions");
+    let bin_dir = common::bin("machina").parent().unwrap().to_owned();
+    run_ok(
+        Command::new(common::bin("machina"))
+            .arg("package-files")
+            .arg(&tmp.0)
+            .arg("--bin-dir")
+            .arg(&bin_dir),
+    );
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let env_dir = format!("MACHINA_CONFIG_DIR={}", examples.display());
+
+    let fish = tmp.0.join("completions/fish/machina.fish");
+    let out = run_ok(
+        Command::new("fish")
+            .arg("--no-config")
+            .arg("-c")
+            .arg(format!(
+                "source {}; complete -C'machina st'; complete -C'machina stop w'",
+                fish.display()
+            ))
+            .env("MACHINA_CONFIG_DIR", &examples),
+    );
+    let words: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(words, ["start", "stop", "status", "web-01"]);
+
+    let home = tmp.0.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home_env = format!("HOME={}", home.display());
+    let shell = Tmux::start(
+        "zsh",
+        &[
+            "/usr/bin/env",
+            "-i",
+            "TERM=screen",
+            &home_env,
+            &env_dir,
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "/usr/bin/zsh",
+            "-f",
+            "-i",
+        ],
+    );
+    let setup = format!(
+        "fpath=({} $fpath); autoload -Uz compinit; compinit -u",
+        tmp.0.join("completions/zsh").display()
+    );
+    let panes = shell.complete(
+        &setup,
+        &["Tab"],
+        &[
+            ("sudo machina st", &["start", "status", "stop"]),
+            ("sudo machina start ", &["desk-042", "test-vm", "web-01"]),
+        ],
+    );
+    for p in panes {
+        println!("zsh, sudo:\n{}", p.trim());
+    }
 }
 
 /// The completer behind the scripts: VM names from `--config-dir`, else

@@ -75,6 +75,13 @@ pub fn registration(shell: &str, bin: &str) -> Option<Vec<u8>> {
     shell
         .write_registration(COMPLETE_VAR, "machina", "machina", bin, &mut buf)
         .expect("writing to a Vec does not fail");
+    if shell.name() == "zsh" {
+        // Installed in $fpath, the file is autoloaded as `_machina` at the
+        // first Tab: complete then too, not only from the second Tab on.
+        buf.extend_from_slice(
+            b"if [ \"$funcstack[1]\" = \"_machina\" ]; then\n    _clap_dynamic_completer_machina \"$@\"\nfi\n",
+        );
+    }
     Some(buf)
 }
 
