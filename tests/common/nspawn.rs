@@ -395,6 +395,7 @@ pub fn debian_root(test: &str) -> Option<PathBuf> {
     }
     let t = Instant::now();
     if let Err(e) = make_debian_root(&dir, &root) {
+        let _ = std::fs::remove_dir_all(dir.join(format!("bookworm.tmp-{}", std::process::id())));
         panic!("{test}: cannot make the Debian root: {e}");
     }
     eprintln!("debootstrap root made in {:?}", t.elapsed());
