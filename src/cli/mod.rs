@@ -5,8 +5,10 @@
 //! (unknown command or flag, missing argument).
 
 mod check;
+mod complete;
 mod generate;
 mod host;
+mod manual;
 mod qmp;
 mod summary;
 mod units;
@@ -25,6 +27,9 @@ use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 /// Where generated units go.
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
 use crate::qemu;
+
+pub use complete::command;
+pub use manual::{man_pages, write_package_files};
 
 /// Exit code for a failed command.
 pub const EXIT_FAILURE: i32 = 1;
@@ -201,6 +206,15 @@ enum Command {
     },
     /// Displays machina version information.
     Version,
+    /// Writes the man pages and shell completions the packages ship.
+    #[command(hide = true)]
+    PackageFiles {
+        /// Output directory.
+        out: PathBuf,
+        /// Where the packages install `machina` (for the completion scripts).
+        #[arg(long, value_name = "DIR", default_value = "/usr/bin")]
+        bin_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -274,6 +288,7 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    complete::complete_if_asked();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -434,6 +449,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 serde_json::to_string_pretty(&schema).expect("schema serializes")
             )?;
         }
+        Command::PackageFiles { out, bin_dir } => write_package_files(&out, &bin_dir)?,
         Command::Version => {
             writeln!(out, "machina {}", env!("CARGO_PKG_VERSION"))?;
             writeln!(out, "  launch plan version: {}", crate::plan::PLAN_VERSION)?;

@@ -34,7 +34,7 @@ pub fn group_of(path: &Path) -> Result<u32> {
     }
     if st.st_gid == 0 || st.st_mode & 0o060 != 0o060 {
         return Err(Error::Kvm(format!(
-            "{} is not accessible through a group (it is group {} mode {:04o}); make it group read-write for a kvm group as udev does: `groupadd -r kvm && chown root:kvm {0} && chmod 0660 {0}` (the machina package's udev rule keeps it so)",
+            "{} is not accessible through a group (it is group {} mode {:04o}); make it group read-write for a kvm group as udev does: `groupadd -r kvm && chown root:kvm {0} && chmod 0660 {0}` (Debian's and Fedora's udev rules give /dev/kvm to group kvm 0660)",
             path.display(),
             st.st_gid,
             st.st_mode & 0o7777

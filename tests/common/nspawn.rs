@@ -97,6 +97,28 @@ impl Container {
 
     /// [`Container::try_boot`] with more host paths bound in.
     pub fn try_boot_with(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
+        Container::try_boot_image(None, bin_dir, binds)
+    }
+
+    /// Boots the root file system `root` (a [`debian_root`]) instead of the
+    /// host's, with a throw-away overlay on top (packages installed inside
+    /// vanish with the container), `bin_dir` bound at [`BIN_MOUNT`].
+    pub fn boot_root(test: &str, root: &Path, bin_dir: &Path) -> Option<Container> {
+        if let Some(why) = missing_prerequisite() {
+            super::skip(test, &why);
+            return None;
+        }
+        match Container::try_boot_image(Some(root), bin_dir, &[]) {
+            Ok(c) => Some(c),
+            Err(e) => panic!("{test}: cannot boot systemd in nspawn: {e}"),
+        }
+    }
+
+    fn try_boot_image(
+        root: Option<&Path>,
+        bin_dir: &Path,
+        binds: &[&Path],
+    ) -> Result<Container, String> {
         let name = format!(
             "mt-{}-{}",
             std::process::id(),
@@ -113,7 +135,11 @@ impl Container {
             // Only the unified hierarchy together with the BPF syscall filter
             // makes DeviceAllow= enforced inside the container.
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
-            .args(["-D", "/", "--volatile=yes", "-b"])
+            .args(match root {
+                None => vec![OsString::from("-D"), "/".into(), "--volatile=yes".into()],
+                Some(r) => vec!["-D".into(), r.into(), "--volatile=overlay".into()],
+            })
+            .arg("-b")
             // No D-Bus on the host: neither registration nor a scope unit.
             .args(["--register=no", "--keep-unit", "--private-network"])
             .args(["--console=read-only", "-M", &name])
@@ -331,4 +357,134 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
                 .map(|s| s.trim() == name)
                 .unwrap_or(false)
         })
+}
+
+/// Where [`debian_root`] keeps its cached root.
+fn debian_root_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/machina-debian")
+}
+
+/// Packages the cached root holds in its apt cache (downloaded, not
+/// installed), so that a container without network can install them.
+pub const DEBIAN_ROOT_DOWNLOADS: &[&str] = &["qemu-system-x86"];
+
+/// A clean Debian 12 root made by `debootstrap` from the mirror in the
+/// host's apt sources, with systemd, bash-completion and sudo installed and
+/// [`DEBIAN_ROOT_DOWNLOADS`] in its apt cache. Cached under
+/// `target/machina-debian/` (about a minute to make, once); boot it with
+/// [`Container::boot_root`]. Reports a SKIP and returns `None` without
+/// root or debootstrap; panics when making it fails.
+pub fn debian_root(test: &str) -> Option<PathBuf> {
+    if let Some(why) = missing_prerequisite() {
+        super::skip(test, &why);
+        return None;
+    }
+    if !Path::new("/usr/sbin/debootstrap").exists() {
+        super::skip(test, "debootstrap is missing (apt-get install debootstrap)");
+        return None;
+    }
+    let dir = debian_root_dir();
+    let root = dir.join("bookworm");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    // One maker at a time (test processes run in parallel).
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("lock {}: {e}", dir.display()));
+    if root.join(".machina-ready").exists() {
+        return Some(root);
+    }
+    let t = Instant::now();
+    if let Err(e) = make_debian_root(&dir, &root) {
+        let _ = std::fs::remove_dir_all(dir.join(format!("bookworm.tmp-{}", std::process::id())));
+        panic!("{test}: cannot make the Debian root: {e}");
+    }
+    eprintln!("debootstrap root made in {:?}", t.elapsed());
+    Some(root)
+}
+
+fn make_debian_root(dir: &Path, root: &Path) -> Result<(), String> {
+    let mirror = debian_mirror();
+    let tmp = dir.join(format!("bookworm.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(root);
+    let run = |c: &mut Command| -> Result<(), String> {
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{c:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(10).collect();
+            Err(format!(
+                "{c:?} failed ({}): {}",
+                out.status,
+                tail.join(" | ")
+            ))
+        }
+    };
+    run(Command::new("/usr/sbin/debootstrap")
+        .args(["--variant=minbase"])
+        .arg("--include=systemd,systemd-sysv,dbus,iproute2,procps,bash-completion,sudo")
+        .args(["bookworm"])
+        .arg(&tmp)
+        .arg(&mirror))?;
+    std::fs::write(
+        tmp.join("etc/apt/sources.list"),
+        format!("deb {mirror} bookworm main\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    run(Command::new("/usr/sbin/chroot")
+        .arg(&tmp)
+        .args(["apt-get", "update", "-qq"]))?;
+    let mut dl = Command::new("/usr/sbin/chroot");
+    dl.arg(&tmp)
+        .args([
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--download-only",
+            "--no-install-recommends",
+        ])
+        .args(DEBIAN_ROOT_DOWNLOADS)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut dl)?;
+    // A fresh machine identity per boot, and the container's own name.
+    let _ = std::fs::remove_file(tmp.join("etc/hostname"));
+    std::fs::write(tmp.join("etc/machine-id"), "").map_err(|e| e.to_string())?;
+    std::fs::write(tmp.join(".machina-ready"), "").map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, root).map_err(|e| e.to_string())
+}
+
+/// The Debian mirror of the host's apt sources (deb822 `URIs:` or a
+/// one-line `deb` entry), else deb.debian.org.
+fn debian_mirror() -> String {
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in entries.flatten() {
+            if let Ok(t) = std::fs::read_to_string(e.path()) {
+                texts.push(t);
+            }
+        }
+    }
+    for t in &texts {
+        for line in t.lines() {
+            let uri = if let Some(rest) = line.trim().strip_prefix("URIs:") {
+                rest.split_whitespace().next()
+            } else if let Some(rest) = line.trim().strip_prefix("deb ") {
+                rest.split_whitespace().find(|w| w.contains("://"))
+            } else {
+                None
+            };
+            if let Some(u) = uri.filter(|u| u.trim_end_matches('/').ends_with("/debian")) {
+                return u.to_owned();
+            }
+        }
+    }
+    "http://deb.debian.org/debian".to_owned()
 }

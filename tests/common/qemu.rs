@@ -111,7 +111,9 @@ impl Qemu {
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !q.sockets.iter().all(|p| p.exists()) {
+        // The socket file appears at bind(), before listen(): wait for the
+        // listening state, or a connect in between is refused.
+        while !q.sockets.iter().all(|p| listening(p)) {
             if let Some(child) = q.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
@@ -188,4 +190,17 @@ impl Drop for Qemu {
             let _ = w.join();
         }
     }
+}
+
+/// Whether a Unix socket is bound at `path` and listening (its
+/// `/proc/net/unix` entry has `__SO_ACCEPTCON`).
+fn listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return path.exists();
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[7] == want && f[3] == "00010000"
+    })
 }
