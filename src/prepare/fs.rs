@@ -273,11 +273,20 @@ fn dir_is_safe(st: &libc::stat) -> bool {
     st.st_uid == 0 && (st.st_mode & 0o022 == 0 || st.st_mode & libc::S_ISVTX != 0)
 }
 
+/// `fchmod` of an fd opened for reading (not `O_PATH`).
+pub fn fchmod(fd: &OwnedFd, mode: u32, path: &Path) -> Result<()> {
+    // SAFETY: fchmod on an fd we hold.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode) } != 0 {
+        return Err(Error::last("chmod", path));
+    }
+    Ok(())
+}
+
 /// Opens the directory `path`, creating missing components (root-owned,
-/// mode 0755) with `mkdirat` relative to the parent's fd. Every component
-/// must be a real directory (no symbolic link) that is safe for root to
-/// use; see [`Error::UnsafeDir`].
-pub fn ensure_dir(path: &Path) -> Result<OwnedFd> {
+/// `mode` whatever the umask) with `mkdirat` relative to the parent's fd.
+/// Every component must be a real directory (no symbolic link) that is safe
+/// for root to use; see [`Error::UnsafeDir`].
+pub fn ensure_dir(path: &Path, mode: u32) -> Result<OwnedFd> {
     if !path.is_absolute() {
         return Err(Error::Refused(format!(
             "{}: path is not absolute",
@@ -301,7 +310,8 @@ pub fn ensure_dir(path: &Path) -> Result<OwnedFd> {
         sofar.push(name);
         let cname = cstr(Path::new(name))?;
         // SAFETY: mkdirat relative to an fd we hold.
-        if unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o755) } != 0 {
+        let created = unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o700) } == 0;
+        if !created {
             let err = io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EEXIST) {
                 return Err(Error::io("mkdir", &sofar, err));
@@ -315,6 +325,9 @@ pub fn ensure_dir(path: &Path) -> Result<OwnedFd> {
                 Error::Symlink(_) => Error::Symlink(sofar.clone()),
                 other => other,
             })?;
+        if created {
+            fchmod(&next, mode, &sofar)?;
+        }
         let st = fstat(&next, &sofar)?;
         if !dir_is_safe(&st) {
             return Err(Error::UnsafeDir(sofar));
@@ -322,6 +335,96 @@ pub fn ensure_dir(path: &Path) -> Result<OwnedFd> {
         dir = next;
     }
     Ok(dir)
+}
+
+/// What a checked walk found: the directory holding the last component, the
+/// last component as an `O_PATH` fd, and its `stat`.
+#[derive(Debug)]
+pub struct Walked {
+    /// The parent directory (opened `O_PATH`).
+    pub parent: OwnedFd,
+    /// The file itself (opened `O_PATH`, never through a link).
+    pub fd: OwnedFd,
+    /// Its status.
+    pub st: libc::stat,
+}
+
+/// Walks the absolute `path` one component at a time, following no
+/// symbolic link and refusing `.`/`..`, and calls `dir_ok(stat, dir path,
+/// is_parent)` on every directory on the way (`is_parent` for the one that
+/// holds the last component), so a check on the ancestors and the file
+/// holds for the very inodes used afterwards.
+pub fn walk_checked(
+    path: &Path,
+    dir_ok: &dyn Fn(&libc::stat, &Path, bool) -> Result<()>,
+) -> Result<Walked> {
+    if !path.is_absolute() {
+        return Err(Error::Refused(format!(
+            "{}: path is not absolute",
+            path.display()
+        )));
+    }
+    let mut names = Vec::new();
+    for comp in path.components() {
+        match comp {
+            Component::RootDir => {}
+            Component::Normal(n) => names.push(n),
+            _ => {
+                return Err(Error::Refused(format!(
+                    "{}: path has a '.' or '..' component",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let Some((last, dirs)) = names.split_last() else {
+        return Err(Error::Refused(format!("{}: not a file", path.display())));
+    };
+    let mut sofar = std::path::PathBuf::from("/");
+    let mut dir = raw_openat(
+        libc::AT_FDCWD,
+        c"/",
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+        path,
+    )?;
+    dir_ok(&fstat(&dir, &sofar)?, &sofar, dirs.is_empty())?;
+    for (i, d) in dirs.iter().enumerate() {
+        sofar.push(d);
+        let c = cstr(Path::new(d))?;
+        dir = raw_openat(
+            dir.as_raw_fd(),
+            &c,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+            &sofar,
+        )?;
+        dir_ok(&fstat(&dir, &sofar)?, &sofar, i + 1 == dirs.len())?;
+    }
+    let c = cstr(Path::new(last))?;
+    let fd = raw_openat(
+        dir.as_raw_fd(),
+        &c,
+        libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0,
+        path,
+    )?;
+    let st = fstat(&fd, path)?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(Error::Symlink(path.to_owned()));
+    }
+    Ok(Walked {
+        parent: dir,
+        fd,
+        st,
+    })
+}
+
+/// Whether only root can change the entries of the directory `st`: owned by
+/// root and writable by nobody else, or sticky (like `/tmp`), where others
+/// cannot rename or remove what root owns.
+pub fn only_root_writes(st: &libc::stat) -> bool {
+    dir_is_safe(st)
 }
 
 /// Removes `name` inside `dir` (a file, or a directory with everything in

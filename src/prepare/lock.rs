@@ -1,8 +1,15 @@
-//! Lock files: `flock` on an fd, with a bounded wait and a safe unlink.
+//! Locks: `flock` on directories in [`crate::plan::LOCK_DIR`], with a
+//! bounded wait and a safe removal.
 //!
-//! The lock file is created in a root-owned directory held by fd. Whoever
-//! removes a lock file does so while holding the lock, so after taking the
-//! lock a holder checks the file is still linked at its path (and retries
+//! A VM's lock is the directory `/run/machina/.lock/vm.<vm>`; the host-wide
+//! mdev lock is `/run/machina/.lock` itself. Directories, because `flock`
+//! works on a read-only fd and systemd can create one for the unit
+//! (`RuntimeDirectory=`) where the unit's read-only `/run` forbids creating
+//! files. VM names start with a letter or digit, so no VM's runtime
+//! directory is, or is inside, the lock directory.
+//!
+//! Whoever removes a lock does so while holding it, so after taking the
+//! lock a holder checks it is still linked at its path (and retries
 //! otherwise): two processes can never both believe they hold it.
 
 use std::io;
@@ -10,23 +17,49 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::fs::{cstr, fstat, openat_nofollow};
+use super::fs::{cstr, fstat, open_nofollow, openat_nofollow};
 use super::{Error, Result};
 
-/// A held lock. Released when dropped (the file stays); [`FileLock::remove`]
-/// also unlinks it.
+/// A held lock. Released when dropped (the directory stays);
+/// [`FileLock::remove`] also removes it.
 #[derive(Debug)]
 pub struct FileLock {
     fd: OwnedFd,
-    dir: OwnedFd,
-    name: PathBuf,
+    /// The directory holding it and its name there, when it can be removed.
+    entry: Option<(OwnedFd, PathBuf)>,
     path: PathBuf,
 }
 
+fn try_flock(fd: &OwnedFd, path: &Path) -> Result<bool> {
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(Error::io("lock", path, err))
+}
+
+fn backoff(attempt: &mut u32) {
+    *attempt = (*attempt + 1).min(20);
+    std::thread::sleep(Duration::from_millis(2 * *attempt as u64));
+}
+
+/// A lock directory must be root's alone.
+fn check_owner(st: &libc::stat, path: &Path) -> Result<()> {
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(Error::UnsafeDir(path.to_owned()));
+    }
+    Ok(())
+}
+
 impl FileLock {
-    /// Takes the lock `name` in directory `dir` (shown as `dir_path`),
-    /// waiting up to `wait`. On timeout the error is [`Error::Busy`] with
-    /// `busy` as its message.
+    /// Takes the lock directory `name` in directory `dir` (shown as
+    /// `dir_path`), creating it (root, 0700) if missing, waiting up to
+    /// `wait`. On timeout the error is [`Error::Busy`] with `busy` as its
+    /// message.
     pub fn acquire(
         dir: &OwnedFd,
         dir_path: &Path,
@@ -35,54 +68,69 @@ impl FileLock {
         busy: impl FnOnce() -> String,
     ) -> Result<FileLock> {
         let path = dir_path.join(name);
+        let cname = cstr(Path::new(name))?;
         let deadline = Instant::now() + wait;
         let mut attempt: u32 = 0;
         loop {
+            // SAFETY: mkdirat relative to an fd we hold. EEXIST is the
+            // common case; any other error shows in the open below.
+            unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o700) };
             let fd = openat_nofollow(
                 dir.as_raw_fd(),
                 Path::new(name),
                 // Read-only is enough for flock, and a holder (QEMU keeps
-                // the VM's lock) cannot write into the file.
-                libc::O_RDONLY | libc::O_CREAT,
-                0o600,
+                // the VM's lock) can do nothing with it.
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
             )?;
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                    return Err(Error::io("lock", &path, err));
-                }
+            if !try_flock(&fd, &path)? {
                 if Instant::now() >= deadline {
                     return Err(Error::Busy(busy()));
                 }
-                attempt = (attempt + 1).min(20);
-                std::thread::sleep(Duration::from_millis(2 * attempt as u64));
+                backoff(&mut attempt);
                 continue;
             }
-            // Still the file at the path? If a remover unlinked it between
-            // our open and flock, start over with a fresh file.
+            // Still the directory at the path? If a remover took it away
+            // between our open and flock, start over with a fresh one.
             let st = fstat(&fd, &path)?;
             if st.st_nlink == 0 || !same_file_at(dir, name, &st) {
                 continue;
             }
-            if st.st_uid != 0
-                || st.st_mode & 0o022 != 0
-                || st.st_mode & libc::S_IFMT != libc::S_IFREG
-            {
-                return Err(Error::UnsafeDir(path));
-            }
-            // Dup the directory so the lock can unlink relative to it later.
+            check_owner(&st, &path)?;
             let dir = dir.try_clone().map_err(|e| Error::io("dup", dir_path, e))?;
             return Ok(FileLock {
                 fd,
-                dir,
-                name: PathBuf::from(name),
+                entry: Some((dir, PathBuf::from(name))),
                 path,
             });
         }
     }
 
-    /// The lock file's path.
+    /// Takes the lock on the existing root-owned directory `path` itself
+    /// (never removed), waiting up to `wait`.
+    pub fn acquire_dir(
+        path: &Path,
+        wait: Duration,
+        busy: impl FnOnce() -> String,
+    ) -> Result<FileLock> {
+        let fd = open_nofollow(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        check_owner(&fstat(&fd, path)?, path)?;
+        let deadline = Instant::now() + wait;
+        let mut attempt: u32 = 0;
+        while !try_flock(&fd, path)? {
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(busy()));
+            }
+            backoff(&mut attempt);
+        }
+        Ok(FileLock {
+            fd,
+            entry: None,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The lock's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -93,13 +141,15 @@ impl FileLock {
         &self.fd
     }
 
-    /// Unlinks the lock file (still holding the lock), then releases it.
+    /// Removes the lock directory (still holding the lock), then releases
+    /// it. Under a unit whose `RuntimeDirectory=` it is, it is a mount point
+    /// (EBUSY) that systemd removes itself.
     pub fn remove(self) {
-        if let Ok(st) = fstat(&self.fd, &self.path) {
-            if same_file_at(&self.dir, self.name.to_str().unwrap_or(""), &st) {
-                if let Ok(c) = cstr(&self.name) {
+        if let (Some((dir, name)), Ok(st)) = (&self.entry, fstat(&self.fd, &self.path)) {
+            if same_file_at(dir, name.to_str().unwrap_or(""), &st) {
+                if let Ok(c) = cstr(name) {
                     // SAFETY: unlinkat relative to a directory fd we hold.
-                    unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
+                    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
                 }
             }
         }
@@ -108,7 +158,7 @@ impl FileLock {
 }
 
 /// Whether `name` in `dir` is (without following links) the file `st`.
-fn same_file_at(dir: &OwnedFd, name: &str, st: &libc::stat) -> bool {
+pub fn same_file_at(dir: &OwnedFd, name: &str, st: &libc::stat) -> bool {
     let Ok(c) = cstr(Path::new(name)) else {
         return false;
     };

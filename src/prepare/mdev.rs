@@ -20,8 +20,6 @@ use super::lock::FileLock;
 use super::{Error, Result};
 use crate::plan;
 
-/// Name of the host-wide mdev lock file in the runtime root.
-pub const LOCK_NAME: &str = "mdev.lock";
 /// How long to wait for another machina holding the mdev lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for a created or removed device to show in sysfs.
@@ -77,14 +75,8 @@ impl Drop for Prepared {
 }
 
 /// Creates the mediated device of `m` if it is absent and grants `gid`
-/// read-write on its vfio group node. `lock_dir` is the runtime root, where
-/// the host-wide lock lives.
-pub fn prepare(
-    m: &plan::Mdev,
-    gid: u32,
-    lock_dir: &OwnedFd,
-    lock_dir_path: &Path,
-) -> Result<Prepared> {
+/// read-write on its vfio group node, under the host-wide mdev lock.
+pub fn prepare(m: &plan::Mdev, gid: u32) -> Result<Prepared> {
     let pci = m.sysfs_root.join("bus/pci/devices");
     if !pci.is_dir() {
         return Err(Error::Mdev(format!(
@@ -92,10 +84,12 @@ pub fn prepare(
             pci.display()
         )));
     }
-    let lock = FileLock::acquire(lock_dir, lock_dir_path, LOCK_NAME, LOCK_WAIT, || {
+    super::runtime_dir::open_lock_dir()?;
+    let lock_path = plan::Lock::Mdev.path();
+    let lock = FileLock::acquire_dir(&lock_path, LOCK_WAIT, || {
         format!(
             "{} is held by another machina for more than {} s",
-            lock_dir_path.join(LOCK_NAME).display(),
+            lock_path.display(),
             LOCK_WAIT.as_secs()
         )
     })?;

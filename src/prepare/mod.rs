@@ -18,6 +18,7 @@ pub mod lock;
 pub mod mdev;
 pub mod privdrop;
 pub mod procs;
+pub mod reach;
 pub mod runtime_dir;
 pub mod tap;
 pub mod teardown;

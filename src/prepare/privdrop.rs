@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -41,8 +41,12 @@ pub fn set_memlock(bytes: u64) -> Result<()> {
 /// What to exec, and as whom.
 #[derive(Debug)]
 pub struct ExecSpec<'a> {
-    /// Absolute path of QEMU.
+    /// Absolute path of QEMU (its `argv[0]`).
     pub binary: &'a Path,
+    /// QEMU as checked by [`check_binary`]: the file executed.
+    pub binary_fd: &'a OwnedFd,
+    /// Appended to a failure after the drop: how to clean up.
+    pub hint: String,
     /// Arguments after `argv[0]`.
     pub args: &'a [String],
     /// The VM's uid.
@@ -71,11 +75,27 @@ impl std::fmt::Display for DropError {
     }
 }
 
-/// Checks that the VM's identity can execute `binary` (so an unusable QEMU
-/// is found while the launch can still be undone).
-pub fn check_binary(binary: &Path, uid: u32, gids: &[u32]) -> Result<()> {
-    let fd = super::fs::open_nofollow(binary, libc::O_PATH)?;
-    let st = super::fs::fstat(&fd, binary)?;
+/// Checks the QEMU binary and returns an `O_PATH` fd of it, which is what
+/// gets executed (`execveat`), so the file checked is the file run: a
+/// regular file owned by root, writable by no one else, executable by the
+/// VM's identity, reached through directories only root can change (root's
+/// entries in a root-owned sticky directory such as `/tmp` count, as the
+/// kernel protects them), with no symbolic link on the way.
+pub fn check_binary(binary: &Path, uid: u32, gids: &[u32]) -> Result<OwnedFd> {
+    let w = super::fs::walk_checked(binary, &|st, dir, _| {
+        if super::fs::only_root_writes(st) {
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "{}: QEMU's directory {} is not root's alone (owner uid {}, mode {:04o}); install QEMU where only root can write",
+                binary.display(),
+                dir.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            )))
+        }
+    })?;
+    let st = w.st;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Error::WrongType {
             path: binary.to_owned(),
@@ -83,10 +103,16 @@ pub fn check_binary(binary: &Path, uid: u32, gids: &[u32]) -> Result<()> {
             expected: "an executable file",
         });
     }
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Err(Error::Refused(format!(
+            "{}: is owned by uid {} with mode {:04o}; QEMU must be owned by root and writable by no one else",
+            binary.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
     let m = st.st_mode;
-    let ok = if st.st_uid == uid {
-        m & 0o100 != 0
-    } else if gids.contains(&st.st_gid) {
+    let ok = if gids.contains(&st.st_gid) {
         m & 0o010 != 0
     } else {
         m & 0o001 != 0
@@ -96,6 +122,51 @@ pub fn check_binary(binary: &Path, uid: u32, gids: &[u32]) -> Result<()> {
             "{}: not executable by uid {uid}",
             binary.display()
         )));
+    }
+    Ok(w.fd)
+}
+
+/// Takes the terminal away from what is about to become QEMU: a new
+/// session (or, for a process-group leader, which cannot start one, no
+/// controlling terminal), stdin `/dev/null`, and `/dev/null` for a stdout or
+/// stderr that is a terminal, after one line saying so. Under systemd
+/// they are the journal, under `machina run` pipes it relays; a terminal
+/// would let QEMU push input into the caller's shell (`TIOCSTI`).
+pub fn detach_terminal(prefix: &str) -> Result<()> {
+    // SAFETY: setsid/open/ioctl/dup2/isatty on fds 0–2 and one we own.
+    unsafe {
+        if libc::setsid() < 0 {
+            let fd = libc::open(
+                c"/dev/tty".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                let rc = libc::ioctl(fd, libc::TIOCNOTTY);
+                libc::close(fd);
+                if rc != 0 {
+                    return Err(Error::last_sys("give up the controlling terminal"));
+                }
+            }
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return Err(Error::last_sys("open /dev/null"));
+        }
+        let tty_out = libc::isatty(1) == 1 || libc::isatty(2) == 1;
+        if tty_out {
+            let line = format!("{prefix}QEMU gets no terminal: its output goes to /dev/null (under systemd it goes to the journal; `machina run` relays it)\n");
+            libc::write(2, line.as_ptr().cast(), line.len());
+        }
+        for fd in 0..3 {
+            if (fd == 0 || libc::isatty(fd) == 1) && libc::dup2(null, fd) != fd {
+                libc::close(null);
+                return Err(Error::last_sys("redirect stdio to /dev/null"));
+            }
+        }
+        libc::close(null);
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(Error::last_sys("chdir /"));
+        }
     }
     Ok(())
 }
@@ -150,6 +221,7 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
     let mut targets: Vec<i32> = spec.fds.iter().map(|&(_, t)| t).collect();
     targets.sort_unstable();
     let failed_msg = format!("{prefix}exec {}: ", spec.binary.display());
+    let hint = format!(" {}", spec.hint);
 
     // A target the fd limit does not allow would fail only after the drop.
     let mut lim = libc::rlimit {
@@ -231,29 +303,37 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
     // above all targets, so no dup2 overwrites a source still needed.
     let above = targets.last().copied().unwrap_or(2) + 1;
     let mut temps: Vec<(RawFd, i32)> = Vec::with_capacity(spec.fds.len());
+    // The binary's fd too, so placing a target cannot overwrite it.
+    // SAFETY: fcntl on an fd we hold.
+    let exe = unsafe { libc::fcntl(spec.binary_fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above) };
+    if exe < 0 {
+        die(&failed_msg, "duplicate fd", &hint);
+    }
     for &(fd, target) in &spec.fds {
         // SAFETY: fcntl/dup3/close_range on fd numbers; the process execs or
         // exits right after, so no owner of a closed fd runs again.
         let t = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
         if t < 0 {
-            die(&failed_msg, "duplicate fd");
+            die(&failed_msg, "duplicate fd", &hint);
         }
         temps.push((t, target));
     }
     for &(t, target) in &temps {
         if unsafe { libc::dup3(t, target, 0) } != target {
-            die(&failed_msg, "place fd");
+            die(&failed_msg, "place fd", &hint);
         }
     }
+    // Every other fd is marked close-on-exec rather than closed: the
+    // checked binary's fd must stay open for execveat, and goes at exec.
     let mut lo: u32 = 3;
     for &t in &targets {
         if (t as u32) > lo {
-            unsafe { libc::close_range(lo, t as u32 - 1, 0) };
+            unsafe { libc::close_range(lo, t as u32 - 1, libc::CLOSE_RANGE_CLOEXEC as i32) };
         }
         lo = t as u32 + 1;
     }
     unsafe {
-        libc::close_range(lo, u32::MAX, 0);
+        libc::close_range(lo, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32);
         libc::umask(0o077);
         // Ignored signals and the signal mask survive execve; the Rust
         // runtime ignores SIGPIPE. QEMU starts with the defaults.
@@ -261,15 +341,23 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::execve(binary.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        // The very file check_binary checked, not the path again.
+        libc::syscall(
+            libc::SYS_execveat,
+            exe,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
     }
-    die(&failed_msg, "execve")
+    die(&failed_msg, "execve", &hint)
 }
 
 /// Prints the failure and ends the process without running destructors.
-fn die(msg: &str, op: &str) -> ! {
+fn die(msg: &str, op: &str, hint: &str) -> ! {
     let err = io::Error::last_os_error();
-    let line = format!("{msg}{op}: {err}\n");
+    let line = format!("{msg}{op}: {err}{hint}\n");
     // SAFETY: write to stderr and _exit.
     unsafe {
         libc::write(2, line.as_ptr().cast(), line.len());

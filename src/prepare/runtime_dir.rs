@@ -15,6 +15,26 @@ use super::{Error, Result};
 /// Mode of the runtime directory and of `qmp/`.
 pub const MODE: u32 = 0o750;
 
+/// Opens `/run/machina`, creating it if needed, mode 0755 whatever the
+/// umask (QEMU, as the VM's uid, must be able to pass through it to its
+/// own sockets; systemd's `UMask=0077` would otherwise make it 0700). A
+/// root-owned one that others cannot search is set back to 0755.
+pub fn open_root() -> Result<OwnedFd> {
+    let path = Path::new(crate::plan::RUNTIME_ROOT);
+    let fd = super::fs::ensure_dir(path, 0o755)?;
+    let st = fstat(&fd, path)?;
+    if st.st_mode & 0o055 != 0o055 {
+        super::fs::fchmod(&fd, 0o755, path)?;
+    }
+    Ok(fd)
+}
+
+/// Opens the lock directory `/run/machina/.lock`, creating it (0755).
+pub fn open_lock_dir() -> Result<OwnedFd> {
+    open_root()?;
+    super::fs::ensure_dir(Path::new(crate::plan::LOCK_DIR), 0o755)
+}
+
 /// One directory made (or taken over) for the VM.
 #[derive(Debug)]
 struct Made {
