@@ -480,3 +480,52 @@ fn attack_volumes_of_others() {
         &format!("directory {} is not searchable", closed.display()),
     );
 }
+
+/// Item 9: links planted in a (fake) sysfs tree cannot make root write or
+/// read outside it.
+#[test]
+fn attack_sysfs_links_lead_nowhere() {
+    let Some(qemu) = common::privileged("attack_sysfs_links_lead_nowhere") else {
+        return;
+    };
+    let ns = NetNs::new(false);
+    let sb = Sandbox::new();
+    let fake = l::FakeSysfs::new(&sb);
+    let victim = sb.dir.join("victim");
+    std::fs::write(&victim, "secret\n").unwrap();
+    let addr = "0000:c1:00.0";
+    let ty = fake
+        .sysfs_root()
+        .join("bus/pci/devices")
+        .join(addr)
+        .join("mdev_supported_types/nvidia-1");
+    std::fs::create_dir_all(ty.join("devices")).unwrap();
+    std::fs::write(ty.join("name"), "GRID T4-2Q\n").unwrap();
+    let mut plan = l::plan(&sb, &qemu, "sysfs", vec![], vec![]);
+    plan.mdevs = vec![machina::plan::Mdev {
+        uuid: uuid::Uuid::new_v4(),
+        sysfs_root: fake.sysfs_root(),
+        parents: vec![machina::plan::MdevParent {
+            address: addr.into(),
+            type_name: "GRID T4-2Q".into(),
+            placements: vec![],
+            heterogeneous: false,
+        }],
+    }];
+    // `create` is an absolute link, then a link climbing out with `..`.
+    for target in [
+        victim.to_string_lossy().into_owned(),
+        "../../../../../../../../victim".to_owned(),
+    ] {
+        let _ = std::fs::remove_file(ty.join("create"));
+        std::os::unix::fs::symlink(&target, ty.join("create")).unwrap();
+        refused(&ns, &sb, &plan, &[&victim], |_| {}, "leads outside");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
+    }
+    // An attribute pointing at /dev/zero is never read.
+    std::fs::remove_file(ty.join("name")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", ty.join("name")).unwrap();
+    let t = Instant::now();
+    refused(&ns, &sb, &plan, &[&victim], |_| {}, "no type named");
+    assert!(t.elapsed() < Duration::from_secs(20));
+}

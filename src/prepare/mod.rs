@@ -20,6 +20,7 @@ pub mod privdrop;
 pub mod procs;
 pub mod reach;
 pub mod runtime_dir;
+pub mod sysfs;
 pub mod tap;
 pub mod teardown;
 

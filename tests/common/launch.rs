@@ -550,8 +550,18 @@ impl FakeSysfs {
                 unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
                 let in_type = t.join("devices").join(uuid);
                 let in_bus = root.join("sys/bus/mdev/devices").join(uuid);
-                std::os::unix::fs::symlink(&dev, &in_type).unwrap();
-                std::os::unix::fs::symlink(&dev, &in_bus).unwrap();
+                // Relative links, as the kernel's: the launcher resolves
+                // sysfs paths beneath the root and refuses absolute links.
+                std::os::unix::fs::symlink(
+                    format!("../../../../../../../devices/virtual/mdev/{uuid}"),
+                    &in_type,
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(
+                    format!("../../../devices/virtual/mdev/{uuid}"),
+                    &in_bus,
+                )
+                .unwrap();
                 let dev2 = dev.clone();
                 serve(&served, dev.join("remove"), move |msg| {
                     if msg != "1" {
