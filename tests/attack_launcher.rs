@@ -529,3 +529,43 @@ fn attack_sysfs_links_lead_nowhere() {
     refused(&ns, &sb, &plan, &[&victim], |_| {}, "no type named");
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+/// Issue 8 item 1, through the CLI: `machina teardown` leaves a running VM
+/// alone (exit 1, one line); `--force` ends it and cleans up.
+#[test]
+fn attack_cli_teardown_of_running_vm() {
+    let Some(qemu) = common::privileged("attack_cli_teardown_of_running_vm") else {
+        return;
+    };
+    let ns = NetNs::new(false);
+    let sb = Sandbox::new();
+    let plan = l::plan(&sb, &qemu, "cli", vec![], vec![]);
+    let file = sb.write_plan(&plan);
+    let mut q = l::launch(&ns, &sb, &file);
+    let _qmp = l::qmp_connect(&mut q, &l::qmp_socket(&plan));
+    let teardown = |force: bool| {
+        let mut c = std::process::Command::new(common::bin("machina"));
+        c.arg("--plan-dir")
+            .arg(sb.dir.join("plans"))
+            .arg("teardown");
+        if force {
+            c.arg("--force");
+        }
+        c.arg(plan.machine.as_str()).output().unwrap()
+    };
+    let out = teardown(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(q.child.try_wait().unwrap().is_none(), "QEMU was killed");
+    assert!(plan.runtime_dir().join("qmp").is_dir());
+    let out = teardown(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    q.child.wait().unwrap();
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
+}
