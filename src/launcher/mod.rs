@@ -30,7 +30,7 @@ pub mod qemu_args;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -132,21 +132,21 @@ fn report(vm: &str, f: Failure) -> i32 {
 
 /// Makes sure fds 0–2 are open, so no fd the launcher opens lands there.
 fn ensure_stdio() {
-    for fd in 0..3 {
-        // SAFETY: probing and opening fds 0–2.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            }
+    use nix::fcntl::{open, OFlag};
+    // open returns the lowest free number: while one of 0–2 is closed, the
+    // next open fills it, and the fd is then left open on purpose.
+    while let Ok(fd) = open(c"/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+        if std::os::fd::AsRawFd::as_raw_fd(&fd) > 2 {
+            break;
         }
+        std::mem::forget(fd);
     }
 }
 
 /// Reads and checks the plan: root-owned, not group/world-writable, a
 /// regular file reached without symbolic links; checked on the open fd.
 pub fn read_plan(path: &Path, expect: Option<&MachineName>) -> Result<Plan, Failure> {
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return refuse("start", "machina-launch must run as root".into());
     }
     // O_PATH first: a FIFO or device is refused before anything opens it.
@@ -365,8 +365,8 @@ fn launch_steps(
         kvm_gid,
         fds: taps
             .iter()
-            .flat_map(|t| t.fds.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)))
-            .chain([(lock.fd().as_raw_fd(), lock_fd_number(plan))])
+            .flat_map(|t| t.fds.iter().map(|(fd, n)| (fd.as_fd(), *n)))
+            .chain([(lock.fd().as_fd(), lock_fd_number(plan))])
             .collect(),
     };
     let e = privdrop::drop_and_exec(&spec, &prefix);

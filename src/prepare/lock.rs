@@ -12,12 +12,11 @@
 //! lock a holder checks it is still linked at its path (and retries
 //! otherwise): two processes can never both believe they hold it.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::fs::{cstr, fstat, open_nofollow, openat_nofollow};
+use super::fs::{cstr, fstat, mkdir_at, open_nofollow, openat_nofollow, stat_at, unlink_at};
 use super::{Error, Result};
 
 /// A held lock. Released when dropped (the directory stays);
@@ -30,16 +29,15 @@ pub struct FileLock {
     path: PathBuf,
 }
 
+/// `flock(LOCK_EX|LOCK_NB)`. Released when the fd (and every copy of it,
+/// such as QEMU's) is closed.
 fn try_flock(fd: &OwnedFd, path: &Path) -> Result<bool> {
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
+    #[allow(deprecated)] // Flock<T> would own the fd, which QEMU inherits.
+    match nix::fcntl::flock(fd.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(Error::io("lock", path, e.into())),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(false);
-    }
-    Err(Error::io("lock", path, err))
 }
 
 fn backoff(attempt: &mut u32) {
@@ -72,11 +70,11 @@ impl FileLock {
         let deadline = Instant::now() + wait;
         let mut attempt: u32 = 0;
         loop {
-            // SAFETY: mkdirat relative to an fd we hold. EEXIST is the
-            // common case; any other error shows in the open below.
-            unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o700) };
+            // EEXIST is the common case; an error (EROFS under the unit,
+            // where systemd made it) shows in the open below if it matters.
+            let _ = mkdir_at(dir, &cname, 0o700, &path);
             let fd = openat_nofollow(
-                dir.as_raw_fd(),
+                dir.as_fd(),
                 Path::new(name),
                 // Read-only is enough for flock, and a holder (QEMU keeps
                 // the VM's lock) can do nothing with it.
@@ -148,8 +146,7 @@ impl FileLock {
         if let (Some((dir, name)), Ok(st)) = (&self.entry, fstat(&self.fd, &self.path)) {
             if same_file_at(dir, name.to_str().unwrap_or(""), &st) {
                 if let Ok(c) = cstr(name) {
-                    // SAFETY: unlinkat relative to a directory fd we hold.
-                    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) };
+                    let _ = unlink_at(dir, &c, true);
                 }
             }
         }
@@ -162,15 +159,5 @@ pub fn same_file_at(dir: &OwnedFd, name: &str, st: &libc::stat) -> bool {
     let Ok(c) = cstr(Path::new(name)) else {
         return false;
     };
-    // SAFETY: st2 is written by the kernel.
-    let mut st2: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &mut st2,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    rc == 0 && st2.st_dev == st.st_dev && st2.st_ino == st.st_ino
+    stat_at(dir, &c).is_ok_and(|st2| st2.st_dev == st.st_dev && st2.st_ino == st.st_ino)
 }

@@ -10,10 +10,9 @@
 //! the pid is pinned, so a recycled pid is never signalled.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::{Error, Result};
+use super::{sys, Error, Result};
 
 /// Reads at most `max` bytes of a small kernel file.
 fn read_bounded(path: &str, max: usize) -> Option<String> {
@@ -120,34 +119,18 @@ pub fn vm_processes(id: LockId, uid: u32) -> Vec<i32> {
         .collect()
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a returned fd is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Signals every holder of lock `id` running as `uid`, checking both again
 /// once the pid is pinned by a pidfd. Returns how many were signalled.
 fn signal_vm(id: LockId, uid: u32, sig: i32) -> usize {
     let mut n = 0;
     for pid in vm_processes(id, uid) {
-        let Some(pidfd) = pidfd_open(pid) else {
+        let Ok(pidfd) = sys::pidfd_open(pid) else {
             continue;
         };
         if !runs_as(pid, uid) || !flock_holders(id).unwrap_or_default().contains(&pid) {
             continue;
         }
-        // SAFETY: pidfd_send_signal on a pidfd we hold.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
+        if sys::pidfd_send_signal(&pidfd, sig).is_ok() {
             n += 1;
         }
     }

@@ -31,16 +31,10 @@ fn xattr_present(dir: &Path) -> bool {
     let Ok(c) = super::fs::cstr(dir) else {
         return false;
     };
-    // SAFETY: a size query (no buffer) of a NUL-terminated path.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    n > 0
+    matches!(
+        super::sys::getxattr(&c, c"system.posix_acl_access", false),
+        Ok(Some(_))
+    )
 }
 
 /// Checks every directory above `file`.

@@ -5,11 +5,11 @@
 //! re-chown to the unit's user before every Exec line.
 
 use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::fs::{cstr, fstat, openat_nofollow, remove_at, set_mode};
+use super::fs::{cstr, fstat, mkdir_at, openat_nofollow, remove_at, set_mode, set_owner};
 use super::{Error, Result};
 
 /// Mode of the runtime directory and of `qmp/`.
@@ -115,22 +115,10 @@ impl Drop for RuntimeDir {
 /// way it is root-owned 0700 afterwards.
 fn make(parent: &OwnedFd, name: &Path, path: PathBuf) -> Result<Made> {
     let cname = cstr(name)?;
-    // SAFETY: mkdirat relative to an fd we hold.
-    let created = unsafe { libc::mkdirat(parent.as_raw_fd(), cname.as_ptr(), 0o700) } == 0;
-    if !created {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(Error::io("mkdir", &path, err));
-        }
-    }
+    let created = mkdir_at(parent, &cname, 0o700, &path)?;
     // O_PATH: an existing VM-owned 0750 directory cannot be opened for
     // reading before it is taken back.
-    let fd = match openat_nofollow(
-        parent.as_raw_fd(),
-        name,
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    ) {
+    let fd = match openat_nofollow(parent.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0) {
         Ok(fd) => fd,
         Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => {
             return Err(Error::WrongType {
@@ -164,10 +152,7 @@ fn make(parent: &OwnedFd, name: &Path, path: PathBuf) -> Result<Made> {
 }
 
 fn set_owner_mode(fd: &OwnedFd, path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    // SAFETY: fchownat with AT_EMPTY_PATH acts on the (O_PATH) fd itself.
-    if unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
-        return Err(Error::last("chown", path));
-    }
+    set_owner(fd, Some(uid), Some(gid), path)?;
     set_mode(fd, mode, path)
 }
 

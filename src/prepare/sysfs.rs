@@ -10,7 +10,7 @@
 //! cannot be pointed at a fake tree by any plan.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use super::fs::{cstr, fstat, read_dir};
@@ -18,8 +18,6 @@ use super::{Error, Result};
 
 /// Largest attribute read.
 const MAX_ATTR: u64 = 4096;
-/// `SYSFS_MAGIC` from `linux/magic.h`.
-const SYSFS_MAGIC: i64 = 0x6265_6572;
 
 /// An opened sysfs root.
 #[derive(Debug)]
@@ -34,12 +32,9 @@ impl Sysfs {
     pub fn open(path: &Path) -> Result<Sysfs> {
         if path == Path::new("/sys") {
             let root = super::fs::open_nofollow(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
-            // SAFETY: fstatfs writes the struct.
-            let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
-            if unsafe { libc::fstatfs(root.as_raw_fd(), &mut sf) } != 0 {
-                return Err(Error::last("statfs", path));
-            }
-            if sf.f_type as i64 != SYSFS_MAGIC {
+            let sf = nix::sys::statfs::fstatfs(&root)
+                .map_err(|e| Error::io("statfs", path, e.into()))?;
+            if sf.filesystem_type() != nix::sys::statfs::SYSFS_MAGIC {
                 return Err(Error::Mdev("/sys is not a sysfs file system".into()));
             }
             return Ok(Sysfs {
@@ -82,27 +77,20 @@ impl Sysfs {
 
     /// Opens `rel` beneath the root.
     fn open_rel(&self, rel: &Path, flags: i32) -> Result<OwnedFd> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
         let c = cstr(rel)?;
-        // SAFETY: open_how is plain data; zeroed is a valid value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (flags | libc::O_CLOEXEC) as u64;
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
+        let how = OpenHow::new()
+            .flags(OFlag::from_bits_retain(flags | libc::O_CLOEXEC))
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
         loop {
-            // SAFETY: c and how outlive the call; the kernel reads them only.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_openat2,
-                    self.root.as_raw_fd(),
-                    c.as_ptr(),
-                    &how as *const libc::open_how,
-                    std::mem::size_of::<libc::open_how>(),
-                )
+            let err = match nix::fcntl::openat2(&self.root, c.as_c_str(), how) {
+                Ok(fd) => return Ok(fd),
+                Err(e) => std::io::Error::from(e),
             };
-            if fd >= 0 {
-                // SAFETY: a new fd we own.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-            }
-            let err = std::io::Error::last_os_error();
             match err.raw_os_error() {
                 Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
                 Some(libc::EXDEV) | Some(libc::ELOOP) => {
@@ -196,22 +184,8 @@ impl Sysfs {
             self.open_rel(parent, libc::O_PATH | libc::O_DIRECTORY)?
         };
         let c = cstr(Path::new(name))?;
-        let mut buf = vec![0u8; 4096];
-        // SAFETY: the kernel writes at most buf.len() bytes.
-        let n = unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(Error::last("read link", &self.show(rel)));
-        }
-        buf.truncate(n as usize);
-        Ok(PathBuf::from(std::ffi::OsString::from(
-            String::from_utf8_lossy(&buf).into_owned(),
-        )))
+        nix::fcntl::readlinkat(&dir, c.as_c_str())
+            .map(PathBuf::from)
+            .map_err(|e| Error::io("read link", &self.show(rel), e.into()))
     }
 }

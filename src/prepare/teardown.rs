@@ -13,7 +13,7 @@
 //! finds nothing to do.
 
 use std::fmt;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ fn take_lock(plan: &Plan, opts: &Options, r: &mut Report) -> Option<FileLock> {
             return None;
         }
     }
-    let id = openat_nofollow(dir.as_raw_fd(), Path::new(&name), libc::O_PATH, 0)
+    let id = openat_nofollow(dir.as_fd(), Path::new(&name), libc::O_PATH, 0)
         .and_then(|fd| fstat(&fd, &dir_path.join(&name)))
         .map(|st| LockId::of(&st));
     let qemu = id
