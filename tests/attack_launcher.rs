@@ -126,7 +126,7 @@ fn attack_plan_foreign_uid_is_refused() {
     let file = sb.write_plan(&b);
     let (code, err) = l::launch_fails(&ns, &file);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("is in use by process"), "{err}");
+    assert!(err.contains("is the uid of running VM"), "{err}");
     // Teardown of B (same uid, not running) must not touch A's QEMU.
     let r = l::with_unit_caps(&ns, move || teardown::teardown(&b, &Options::default()));
     assert!(r.ok(), "{r}");

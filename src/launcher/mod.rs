@@ -20,8 +20,8 @@
 //! Every plan field is hostile input: the plan file itself must be a
 //! regular root-owned file (checked before it is opened for reading, so a
 //! FIFO cannot hang the launcher); the runtime directory is derived from
-//! the VM's name; the uid must obey the id rules and be in use by no
-//! process and no other plan; QEMU's argv must carry machina's sandbox
+//! the VM's name; the uid must obey the id rules and be no other VM's (no
+//! other plan names it, no other VM's QEMU runs as it); QEMU's argv must carry machina's sandbox
 //! (see [`qemu_args`]); the QEMU binary and the directories above it must
 //! be root's alone, and the checked fd is what gets executed.
 
@@ -255,14 +255,16 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         },
     )
     .step("lock")?;
-    // Holding the VM's lock, no QEMU of this VM can run: any process with
-    // its uid is something else's, and so is a uid another plan names.
-    if let Some(pid) = prepare::procs::processes_of(plan.uid).first() {
+    // A uid another VM's QEMU runs as, or another plan names, is not this
+    // VM's own.
+    if let Some((other, pid)) =
+        prepare::procs::other_vm_with_uid(Path::new(LOCK_DIR), plan.machine.as_str(), plan.uid)
+    {
         lock.remove();
         return refuse(
             "identity",
             format!(
-                "uid {} is in use by process {pid}, which is not this VM's QEMU; a VM's uid must be its own (run `machina gen`)",
+                "uid {} is the uid of running VM {other:?} (its QEMU is pid {pid}); a VM's uid must be its own (run `machina gen`)",
                 plan.uid
             ),
         );

@@ -45,8 +45,7 @@ fn runs_as(pid: i32, uid: u32) -> bool {
 }
 
 /// Live (non-zombie) processes whose real, effective or saved uid is
-/// `uid`, other than this one. Used to refuse a launch whose uid is
-/// already in use by anything.
+/// `uid`, other than this one (tests use it to show nothing is left).
 pub fn processes_of(uid: u32) -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -73,8 +72,8 @@ impl LockId {
     /// The identity of the file `st` describes.
     pub fn of(st: &libc::stat) -> LockId {
         LockId {
-            major: libc::major(st.st_dev) as u64,
-            minor: libc::minor(st.st_dev) as u64,
+            major: nix::sys::stat::major(st.st_dev),
+            minor: nix::sys::stat::minor(st.st_dev),
             ino: st.st_ino,
         }
     }
@@ -148,6 +147,36 @@ fn wait_gone(id: LockId, uid: u32, limit: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Another VM whose QEMU runs as `uid`: a holder of a VM lock other than
+/// `own`'s (lock name `vm.<vm>` in `lock_dir`) running as `uid`. Returns the
+/// VM's name and the pid. (A process of `uid` that holds no VM lock, such
+/// as the VM's own swtpm, is no other VM.)
+pub fn other_vm_with_uid(lock_dir: &std::path::Path, own: &str, uid: u32) -> Option<(String, i32)> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = std::fs::read_dir(lock_dir).ok()?;
+    for e in entries.flatten().take(100_000) {
+        let name = e.file_name();
+        let Some(vm) = name.to_str().and_then(|n| n.strip_prefix("vm.")) else {
+            continue;
+        };
+        if vm == own {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let id = LockId {
+            major: nix::sys::stat::major(md.dev()),
+            minor: nix::sys::stat::minor(md.dev()),
+            ino: md.ino(),
+        };
+        if let Some(&pid) = vm_processes(id, uid).first() {
+            return Some((vm.to_owned(), pid));
+        }
+    }
+    None
 }
 
 /// Ends the VM's QEMU (the holders of lock `id` running as `uid`):

@@ -34,7 +34,7 @@ pub fn is_bridge(name: &str) -> Result<bool> {
                 Some(libc::EOPNOTSUPP) => Ok(false),
                 Some(libc::ENODEV) => Err(Error::BridgeNotFound(name.to_owned())),
                 _ => Err(Error::Refused(format!("query interface {name:?}: {err}"))),
-            }
+            };
         }
     };
     let end = driver.iter().position(|&b| b == 0).unwrap_or(32);
