@@ -240,7 +240,7 @@ fn fd_raw(fd: &impl AsFd) -> std::os::fd::RawFd {
 
 /// Puts fd `fd` at number `target` (`dup3`, not close-on-exec). Only for
 /// the last steps before `execve`, when nothing else owns fds any more.
-pub fn place_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
+pub(super) fn place_fd(fd: RawFd, target: RawFd) -> io::Result<()> {
     // SAFETY: dup3 on fd numbers; the caller execs or exits right after, so
     // no owner of an fd replaced at `target` runs again.
     check(unsafe { libc::dup3(fd, target, 0) } as libc::c_long).map(drop)
