@@ -569,3 +569,39 @@ fn attack_cli_teardown_of_running_vm() {
     q.child.wait().unwrap();
     assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
+
+/// Item 13: on a fresh host (no `/run/machina` yet) under `UMask=0077`,
+/// the launcher still creates `/run/machina` 0755, so QEMU (as the VM's
+/// uid) reaches its own socket directory. Run in a private mount
+/// namespace with a fresh `/run`, so the host's is not touched.
+#[test]
+fn attack_fresh_run_machina_under_umask_0077() {
+    let Some(qemu) = common::privileged("attack_fresh_run_machina_under_umask_0077") else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let plan = l::plan(&sb, &qemu, "umask", vec![], vec![]);
+    let file = sb.write_plan(&plan);
+    let stderr = sb.dir.join("umask.err");
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs -o mode=0755 tmpfs /run && umask 077 && exec setpriv --bounding-set {} -- {} --plan {}",
+        l::UNIT_CAPS,
+        common::bin("machina-launch").display(),
+        file.display()
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut q = l::Qemu { child, stderr };
+    // `unshare` execs sh, which execs setpriv, then the launcher: one pid.
+    let root = PathBuf::from(format!("/proc/{}/root", q.pid()));
+    let sock = root.join(l::qmp_socket(&plan).strip_prefix("/").unwrap());
+    let _qmp = l::qmp_connect(&mut q, &sock);
+    let m = std::fs::metadata(root.join("run/machina")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "/run/machina under umask 0077");
+    q.kill9();
+}
