@@ -91,7 +91,8 @@ impl Env {
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        let runtime_dir = dir.join("run/bench");
+        let vm = format!("bench-{tag}");
+        let runtime_dir = PathBuf::from(machina::plan::RUNTIME_ROOT).join(&vm);
         let sock = runtime_dir.join("qmp/command.0.qmp.socket");
         let args: Vec<String> = common::qemu::PAUSED_VM
             .iter()
@@ -116,14 +117,13 @@ impl Env {
             ])
             .map(|s| s.to_string())
             .collect();
-        let id = 1_400_000_000 + tag % 100_000;
+        let id = 200_000 + (tag % 100_000) as u32;
         let plan = Plan {
             version: PLAN_VERSION,
-            machine: MachineName::new("bench").unwrap(),
+            machine: MachineName::new(vm).unwrap(),
             uuid: uuid::Uuid::new_v4(),
             uid: id,
             gid: id,
-            runtime_dir,
             taps: vec![Tap {
                 ifname: InterfaceName::new("bench.0").unwrap(),
                 bridge: InterfaceName::new("br0").unwrap(),
@@ -160,7 +160,7 @@ impl Env {
     }
 
     fn sock(&self) -> PathBuf {
-        self.plan.runtime_dir.join("qmp/command.0.qmp.socket")
+        self.plan.runtime_dir().join("qmp/command.0.qmp.socket")
     }
 
     /// Spawns, times until the QMP greeting, kills and reaps.
@@ -192,7 +192,7 @@ impl Env {
 
     fn bare(&self) -> Duration {
         // Same directories as the launcher makes, root-owned; no stale socket.
-        std::fs::create_dir_all(self.plan.runtime_dir.join("qmp")).unwrap();
+        std::fs::create_dir_all(self.plan.runtime_dir().join("qmp")).unwrap();
         let _ = std::fs::remove_file(self.sock());
         let mut cmd = Command::new(&self.plan.qemu.binary);
         cmd.args(&self.plan.qemu.args);
@@ -207,7 +207,7 @@ impl Env {
             });
         }
         let t = self.time(cmd);
-        let _ = std::fs::remove_dir_all(&self.plan.runtime_dir);
+        let _ = std::fs::remove_dir_all(self.plan.runtime_dir());
         t
     }
 

@@ -202,6 +202,81 @@ impl IdRange {
 /// Most rounds tried before giving up on finding a free id.
 pub const MAX_ID_ROUNDS: u64 = 4096;
 
+/// Why an id cannot be a VM's uid/gid (DESIGN.md, "The VM's identity").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmIdError {
+    /// Outside the id space VM identities may use.
+    #[error("uid/gid {id} is {what}; a VM runs as its own id in 65536–524287 (or an explicit group id in 1000–60000); run `machina gen` again")]
+    Reserved {
+        /// The id.
+        id: u32,
+        /// Which reserved range it is in.
+        what: &'static str,
+    },
+    /// A user or group other than the VM's own has the id.
+    #[error("uid/gid {id} belongs to {kind} {name:?}, not to {own:?}; a VM must never run as an existing account (run `machina gen` again, or remove the explicit privileges.filesystem.group.id)")]
+    Named {
+        /// The id.
+        id: u32,
+        /// `user` or `group`.
+        kind: &'static str,
+        /// The account's name.
+        name: String,
+        /// The only name the VM's own account may have: `machina-<vm>`.
+        own: String,
+    },
+}
+
+/// The id-space rule alone (no account lookup): an id a VM may run as is
+/// in the range every configurable [`IdRange`] lies in (65536–524287), or in
+/// the regular-user range 1000–60000 where an explicit
+/// `privileges.filesystem.group.id` may put it. Never root or a system id,
+/// never the dynamic-user, homed, nobody (65534), 65535, container,
+/// foreign or ≥2^31 ranges (systemd's UID/GID allocation guide).
+pub fn check_vm_id_range(id: u32) -> Result<(), VmIdError> {
+    let what = match id {
+        0..=999 => "a system id",
+        1000..=60000 => return Ok(()),
+        60001..=60513 => "in systemd-homed's range",
+        60514..=65533 => "in the dynamic-user range",
+        65534 => "nobody",
+        65535 => "the 16-bit invalid id",
+        65536..=524287 => return Ok(()),
+        524288..=2147483647 => "in the container or foreign range",
+        _ => "at or above 2^31",
+    };
+    Err(VmIdError::Reserved { id, what })
+}
+
+/// The whole rule for the id VM `vm` runs as, checked by the launcher and
+/// by teardown: [`check_vm_id_range`], and no user or group with that id
+/// unless it is named `machina-<vm>` (looked up through NSS, as the
+/// kernel's users are whatever NSS says).
+pub fn check_vm_id(id: u32, vm: &str) -> Result<(), VmIdError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    check_vm_id_range(id)?;
+    let own = format!("machina-{vm}");
+    let named = |kind: &'static str, name: String| {
+        if name == own {
+            Ok(())
+        } else {
+            Err(VmIdError::Named {
+                id,
+                kind,
+                name,
+                own: own.clone(),
+            })
+        }
+    };
+    if let Ok(Some(u)) = User::from_uid(Uid::from_raw(id)) {
+        named("user", u.name)?;
+    }
+    if let Ok(Some(g)) = Group::from_gid(Gid::from_raw(id)) {
+        named("group", g.name)?;
+    }
+    Ok(())
+}
+
 /// Derives the VM's uid/gid: for round 0, 1, 2, … the first u32 of the
 /// group-id stream, mapped into `range`; the first value `taken` rejects
 /// (another VM's id, an existing user or group) moves to the next round.
@@ -369,6 +444,29 @@ mod tests {
         // Stable across calls.
         assert_eq!(derive_vm_id(&id, "test-vm", r, |_| false), Some(first));
         assert_eq!(derive_vm_id(&id, "test-vm", r, |_| true), None);
+    }
+
+    #[test]
+    fn vm_id_rules() {
+        for ok in [1000, 60000, 65536, 70001, 524287] {
+            check_vm_id_range(ok).unwrap();
+        }
+        for bad in [
+            0,
+            1,
+            999,
+            60001,
+            61184,
+            65534,
+            65535,
+            524288,
+            1 << 31,
+            u32::MAX,
+        ] {
+            assert!(check_vm_id_range(bad).is_err(), "{bad}");
+        }
+        // root's group and nobody are named (and reserved anyway).
+        assert!(check_vm_id(0, "vm").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `machina-launch`, which refuses a plan whose `version` it does not know or
 //! that carries a key it does not understand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,13 +17,51 @@ mod generate;
 pub use generate::{plan_for, IdError, TakenIds};
 
 /// The plan format this build writes and understands.
-pub const PLAN_VERSION: u32 = 1;
+/// Version 2 dropped the `runtime-dir` field: the runtime directory is
+/// derived from the VM's name ([`Plan::runtime_dir`]), never read.
+pub const PLAN_VERSION: u32 = 2;
 
 /// Default directory of plan files.
 pub const DEFAULT_PLAN_DIR: &str = "/etc/machina/launch";
 
 /// Default parent of every VM's runtime directory.
 pub const RUNTIME_ROOT: &str = "/run/machina";
+
+/// Directory of machina's lock files. VM names start with a letter or
+/// digit, so no VM's runtime directory (`/run/machina/<vm>`) can be it or
+/// be inside it, and no VM name can name a lock.
+pub const LOCK_DIR: &str = "/run/machina/.lock";
+
+/// A lock machina takes: one per VM, and one host-wide for mediated
+/// devices. [`Lock::path`] is the only place that says where each is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock<'a> {
+    /// Held by the launcher while it prepares the VM and then by QEMU for
+    /// as long as it lives; taken by teardown.
+    Vm(&'a MachineName),
+    /// Held while a mediated device is created: the lock directory itself.
+    Mdev,
+}
+
+impl Lock<'_> {
+    /// The lock's name inside [`LOCK_DIR`]: `vm.<vm>`, or `.` for the mdev
+    /// lock (the lock directory itself).
+    pub fn file_name(&self) -> String {
+        match self {
+            Lock::Vm(vm) => format!("vm.{vm}"),
+            Lock::Mdev => ".".to_owned(),
+        }
+    }
+
+    /// The lock's full path: `/run/machina/.lock/vm.<vm>` (a directory) or
+    /// `/run/machina/.lock`.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Lock::Vm(_) => Path::new(LOCK_DIR).join(self.file_name()),
+            Lock::Mdev => PathBuf::from(LOCK_DIR),
+        }
+    }
+}
 
 /// Everything `machina-launch` needs to start one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,9 +77,6 @@ pub struct Plan {
     pub uid: u32,
     /// The gid QEMU runs as; also the group granted access to the VM's files.
     pub gid: u32,
-    /// The VM's runtime directory (`/run/machina/<vm>`), owned by `uid`,
-    /// mode 0750. QMP sockets live in its `qmp/` subdirectory.
-    pub runtime_dir: PathBuf,
     /// TAP devices to create, in the order of their fds.
     #[serde(default)]
     pub taps: Vec<Tap>,
@@ -156,6 +191,13 @@ pub enum PlanError {
 }
 
 impl Plan {
+    /// The VM's runtime directory, `/run/machina/<vm>`: owned by `uid`, mode
+    /// 0750, QMP sockets in its `qmp/` subdirectory. Derived from the name,
+    /// so no plan can point root at another directory.
+    pub fn runtime_dir(&self) -> PathBuf {
+        Path::new(RUNTIME_ROOT).join(self.machine.as_str())
+    }
+
     /// Parses and checks a plan document.
     pub fn from_json(text: &str) -> Result<Plan, PlanError> {
         // Read the version alone first, so a future format gets a version
@@ -189,11 +231,8 @@ impl Plan {
         if self.uid != self.gid {
             return bad(format!("uid {} differs from gid {}", self.uid, self.gid));
         }
-        if !self.runtime_dir.is_absolute() {
-            return bad(format!(
-                "runtime-dir {} is not absolute",
-                self.runtime_dir.display()
-            ));
+        if let Err(e) = crate::identity::check_vm_id_range(self.uid) {
+            return bad(e.to_string());
         }
         if !self.qemu.binary.is_absolute() {
             return bad(format!(

@@ -73,7 +73,7 @@ fn generated_plan_launches_the_argv_machina_args_prints() {
     );
 
     // QMP on the socket the config declared.
-    let sock = plan.runtime_dir.join("qmp/command.0.qmp.socket");
+    let sock = plan.runtime_dir().join("qmp/command.0.qmp.socket");
     let mut q = l::Qemu {
         child,
         stderr: stderr.clone(),
@@ -108,7 +108,7 @@ fn generated_plan_launches_the_argv_machina_args_prints() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!plan.runtime_dir.exists(), "runtime dir left behind");
+    assert!(!plan.runtime_dir().exists(), "runtime dir left behind");
     assert!(
         !ns.links().iter().any(|l| l == plan.taps[0].ifname.as_str()),
         "TAP left behind"

@@ -102,7 +102,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
 
     // The configuration has no direct kernel boot: add it to the plan (and
     // so to the unit's writable/readable paths) for this test's guest.
-    let console = plan.runtime_dir.join("console.log");
+    let console = plan.runtime_dir().join("console.log");
     plan.qemu.args.extend([
         "-kernel".into(),
         format!("{GUEST}/vmlinuz"),

@@ -95,11 +95,7 @@ fn launched_vm_runs_unprivileged_with_its_tap() {
     let stderr = q.stderr.to_string_lossy().into_owned();
     let disk_s = disk.to_string_lossy().into_owned();
     // The VM's lock, held by QEMU for its lifetime, right after the TAP.
-    let lock_s = sb
-        .run_root()
-        .join("vm-a.lock")
-        .to_string_lossy()
-        .into_owned();
+    let lock_s = l::lock_path(&plan).to_string_lossy().into_owned();
     assert!(fds.contains(&(4, lock_s.clone())), "lock fd: {fds:?}");
     let info4 = std::fs::read_to_string(format!("/proc/{}/fdinfo/4", q.pid())).unwrap();
     let flags = info4
@@ -128,7 +124,7 @@ fn launched_vm_runs_unprivileged_with_its_tap() {
     assert_eq!(ns.master_of("vm-a.0").as_deref(), Some("br0"));
 
     // Runtime directory, socket and disk ownership.
-    for d in [plan.runtime_dir.clone(), plan.runtime_dir.join("qmp")] {
+    for d in [plan.runtime_dir(), plan.runtime_dir().join("qmp")] {
         let m = std::fs::metadata(&d).unwrap();
         assert_eq!(
             (m.uid(), m.gid(), m.mode() & 0o7777),
@@ -176,7 +172,10 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
     let (code, err) = l::launch_fails(&ns, &file);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.starts_with("machina-launch: vm-b: lock: the VM is already running"),
+        err.starts_with(&format!(
+            "machina-launch: {}: lock: the VM is already running",
+            plan.machine
+        )),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -186,7 +185,15 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
     );
     assert!(ns.links().contains(&"vm-b.0".to_string()));
 
-    // A stray process of the VM's uid (as a crashed QEMU's child would be).
+    // The kernel drops QEMU's lock with it: a relaunch right after
+    // `kill -9` takes over the leftover runtime directory and works.
+    q.kill9();
+    let mut q = l::launch(&ns, &sb, &file);
+    let _qmp = l::qmp_connect(&mut q, &l::qmp_socket(&plan));
+    q.kill9();
+
+    // A process of the VM's uid that does not hold the VM's lock is not
+    // provably the VM's: teardown leaves it alone.
     let stray = {
         use std::os::unix::process::CommandExt;
         std::process::Command::new("/bin/sleep")
@@ -197,13 +204,6 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
             .unwrap()
     };
     let mut stray = Reap(stray);
-
-    // The kernel drops QEMU's lock with it: a relaunch right after
-    // `kill -9` takes over the leftover runtime directory and works.
-    q.kill9();
-    let mut q = l::launch(&ns, &sb, &file);
-    let _qmp = l::qmp_connect(&mut q, &l::qmp_socket(&plan));
-    q.kill9();
     let report = l::with_unit_caps(&ns, {
         let plan = plan.clone();
         move || {
@@ -211,18 +211,24 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
                 &plan,
                 &Options {
                     grace: Duration::from_millis(500),
+                    force: false,
                 },
             )
         }
     });
     assert!(report.ok(), "teardown: {report}");
+    assert!(
+        stray.0.try_wait().unwrap().is_none(),
+        "teardown must not kill what it cannot prove is the VM's"
+    );
+    let _ = stray.0.kill();
     let _ = stray.0.wait();
     assert!(machina::prepare::procs::processes_of(plan.uid).is_empty());
     assert_eq!(ns.links(), before_links, "no interface left");
     assert!(
-        l::tree(&sb.run_root()).is_empty(),
+        sb.leftovers().is_empty(),
         "runtime root: {:?}",
-        l::tree(&sb.run_root())
+        sb.leftovers()
     );
     // Idempotent.
     let again = l::with_unit_caps(&ns, {
@@ -233,7 +239,7 @@ fn second_launch_refused_and_teardown_after_kill9_leaves_nothing() {
         again.ok() && again.done.is_empty(),
         "second teardown: {again:?}"
     );
-    assert!(l::tree(&sb.run_root()).is_empty());
+    assert!(sb.leftovers().is_empty());
 }
 
 /// Kills and reaps a child on drop.
@@ -331,7 +337,7 @@ fn multiqueue_tap_and_read_only_disk() {
     }
     // The lock goes after the last plan fd.
     let lock = std::fs::read_link(format!("/proc/{}/fd/5", q.pid())).unwrap();
-    assert_eq!(lock, sb.run_root().join("vm-q.lock"));
+    assert_eq!(lock, l::lock_path(&plan));
     assert_eq!(ns.master_of("vm-q.0").as_deref(), Some("br0"));
     let m = std::fs::metadata(&ro).unwrap();
     assert_eq!(

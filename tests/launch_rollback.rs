@@ -105,7 +105,7 @@ fn every_failed_step_leaves_the_host_unchanged() {
         &files,
         |f| {
             let t = std::fs::read_to_string(f).unwrap().replacen(
-                "\"version\": 1",
+                "\"version\": 2",
                 "\"version\": 99",
                 1,
             );
@@ -256,14 +256,21 @@ fn planted_symlinks_and_hard_links_are_refused() {
     std::fs::hard_link(&secret2, &hard).unwrap();
 
     let files = [secret.as_path(), inner.as_path(), secret2.as_path()];
-    for (name, path, want) in [
-        ("s-link", link.clone(), "a symbolic link is in the path"),
+    // Each refusal names the link itself (the walk stops at it).
+    for (name, path, shown, want) in [
+        (
+            "s-link",
+            link.clone(),
+            link.clone(),
+            "a symbolic link is in the path",
+        ),
         (
             "s-dirlink",
             dirlink.join("disk.raw"),
+            dirlink.clone(),
             "a symbolic link is in the path",
         ),
-        ("s-hard", hard.clone(), "has 2 hard links"),
+        ("s-hard", hard.clone(), hard.clone(), "has 2 hard links"),
     ] {
         let p = l::plan(
             &sb,
@@ -282,7 +289,7 @@ fn planted_symlinks_and_hard_links_are_refused() {
             &p,
             &files,
             |_| {},
-            &format!("grant: {}: ", path.display()),
+            &format!("grant: {}: ", shown.display()),
         );
         assert!(err.contains(want), "{err}");
         for (f, b) in files.iter().zip(before) {
@@ -398,7 +405,7 @@ fn mdev_created_granted_and_torn_down_with_real_qemu() {
     assert!(fake.devices().is_empty(), "mdev removed");
     assert!(!node.exists());
     assert_eq!(l::file_state(&iso), iso_before, "ACL entry removed");
-    assert!(l::tree(&sb.run_root()).is_empty());
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }
 
 #[test]
@@ -501,5 +508,5 @@ fn teardown_removes_a_leftover_persistent_tap() {
         "{r:?}"
     );
     assert!(!ns.links().contains(&"vm-p.0".to_string()));
-    assert!(l::tree(&sb.run_root()).is_empty());
+    assert!(sb.leftovers().is_empty(), "{:?}", sb.leftovers());
 }

@@ -139,7 +139,7 @@ fn observe_reports_events_caused_by_another_client() {
     // The observer holds command.0; this client takes command.1.
     let mut lines = BufReader::new(observer.stdout.take().unwrap()).lines();
     std::thread::sleep(Duration::from_millis(300));
-    let mut r = l::qmp_connect(&mut q, &plan.runtime_dir.join("qmp/command.1.qmp.socket"));
+    let mut r = l::qmp_connect(&mut q, &plan.runtime_dir().join("qmp/command.1.qmp.socket"));
     l::qmp(&mut r, r#"{"execute":"stop"}"#);
     l::qmp(&mut r, r#"{"execute":"cont"}"#);
     l::qmp(&mut r, r#"{"execute":"quit"}"#);
@@ -184,7 +184,7 @@ fn orderly_shutdown_seen_from_inside_a_real_guest() {
     assert!(out.status.success());
     let mut plan =
         machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
-    let console = plan.runtime_dir.join("console.log");
+    let console = plan.runtime_dir().join("console.log");
     plan.qemu.args.extend([
         "-kernel".into(),
         image.kernel.display().to_string(),

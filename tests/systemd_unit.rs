@@ -31,7 +31,6 @@ fn base(vm: &str) -> Plan {
         uuid: uuid::Uuid::nil(),
         uid: 70001,
         gid: 70001,
-        runtime_dir: format!("/run/machina/{vm}").into(),
         taps: vec![],
         mdevs: vec![],
         grants: vec![],

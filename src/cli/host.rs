@@ -16,9 +16,11 @@ fn installed_plan(plan_dir: &Path, name: &MachineName) -> Result<Plan, CliError>
     launcher::read_plan(&path, Some(name)).map_err(|f| CliError(format!("{name}: {f}")))
 }
 
-/// `machina teardown VM…`: every item of every VM is attempted; the exit
-/// code is 1 if anything failed (the Go program always exited 0).
-pub fn teardown(plan_dir: &Path, names: &[String]) -> Result<i32, CliError> {
+/// `machina teardown [--force] VM…`: every item of every VM is attempted;
+/// the exit code is 1 if anything failed (the Go program always exited 0).
+/// A VM whose QEMU still runs is left alone unless `force`, which ends
+/// that QEMU (and nothing else) first.
+pub fn teardown(plan_dir: &Path, names: &[String], force: bool) -> Result<i32, CliError> {
     let mut code = 0;
     for name in machine_names(names)? {
         let plan = match installed_plan(plan_dir, &name) {
@@ -29,7 +31,11 @@ pub fn teardown(plan_dir: &Path, names: &[String]) -> Result<i32, CliError> {
                 continue;
             }
         };
-        let report = teardown::teardown(&plan, &teardown::Options::default());
+        let opts = teardown::Options {
+            force,
+            ..teardown::Options::default()
+        };
+        let report = teardown::teardown(&plan, &opts);
         for line in report.to_string().lines() {
             eprintln!("machina: {name}: teardown: {line}");
         }

@@ -153,7 +153,11 @@ enum Command {
         machine: String,
     },
     /// Removes host resources left by a virtual machine (run by the unit's ExecStopPost).
+    /// Refuses while the VM's QEMU runs, unless --force.
     Teardown {
+        /// End the VM's QEMU first if it still runs (SIGTERM, then SIGKILL).
+        #[arg(long)]
+        force: bool,
         /// Machines.
         #[arg(required = true)]
         machines: Vec<String>,
@@ -417,7 +421,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
         }
         Command::Run { machine } => return host::run(&dir, &cli.plan_dir, &machine),
-        Command::Teardown { machines } => return host::teardown(&cli.plan_dir, &machines),
+        Command::Teardown { force, machines } => {
+            return host::teardown(&cli.plan_dir, &machines, force)
+        }
         Command::Shutdown {
             system,
             wait,

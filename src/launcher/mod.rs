@@ -7,28 +7,37 @@
 //! later step fails, `launch` returns and the guards undo everything in
 //! reverse order before the one-line error is printed.
 //!
-//! Locking: the per-VM lock file `<runtime root>/<vm>.lock` is taken with
-//! `flock` and its fd is handed to QEMU (not close-on-exec, at the first fd
+//! Locking: the per-VM lock (`/run/machina/.lock/vm.<vm>`, see
+//! [`crate::plan::Lock`]) is taken with `flock` and its fd is handed to QEMU (not close-on-exec, at the first fd
 //! number after the plan's), the way `flock(1)` holds a lock for the command
 //! it runs. So the kernel itself keeps the lock exactly as long as QEMU (or
 //! anything it forked) lives, also through `kill -9`, and a second launch
 //! is refused at once, with no race and no stale pid file. The fd is
-//! read-only on an empty root-owned file: all QEMU could do with it is drop
-//! its own lock, and a second QEMU would still stop at the TAP that already
-//! exists and at QEMU's own disk image locks. (Scanning `/proc` for the
-//! VM's uid instead costs about a millisecond, 3% of QEMU's start.)
+//! read-only on an empty root-owned 0700 directory: all QEMU could do with
+//! it is drop its own lock, and a second QEMU would still stop at the TAP
+//! that already exists and at QEMU's own disk image locks.
+//!
+//! Every plan field is hostile input: the plan file itself must be a
+//! regular root-owned file (checked before it is opened for reading, so a
+//! FIFO cannot hang the launcher); the runtime directory is derived from
+//! the VM's name; the uid must obey the id rules and be no other VM's (no
+//! other plan names it, no other VM's QEMU runs as it); QEMU's argv must carry machina's sandbox
+//! (see [`qemu_args`]); the QEMU binary and the directories above it must
+//! be root's alone, and the checked fd is what gets executed.
+
+pub mod qemu_args;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::names::MachineName;
-use crate::plan::{Plan, DEFAULT_PLAN_DIR};
+use crate::plan::{Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
 use crate::prepare::lock::FileLock;
-use crate::prepare::{self, fs, grant, kvm, mdev, privdrop, runtime_dir, tap, teardown};
+use crate::prepare::{self, fs, grant, kvm, mdev, privdrop, reach, runtime_dir, tap};
 
 /// Largest plan file accepted.
 const MAX_PLAN: u64 = 1 << 20;
@@ -123,27 +132,35 @@ fn report(vm: &str, f: Failure) -> i32 {
 
 /// Makes sure fds 0–2 are open, so no fd the launcher opens lands there.
 fn ensure_stdio() {
-    for fd in 0..3 {
-        // SAFETY: probing and opening fds 0–2.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            }
+    use nix::fcntl::{open, OFlag};
+    // open returns the lowest free number: while one of 0–2 is closed, the
+    // next open fills it, and the fd is then left open on purpose.
+    while let Ok(fd) = open(c"/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+        if std::os::fd::AsRawFd::as_raw_fd(&fd) > 2 {
+            break;
         }
+        std::mem::forget(fd);
     }
 }
 
 /// Reads and checks the plan: root-owned, not group/world-writable, a
 /// regular file reached without symbolic links; checked on the open fd.
 pub fn read_plan(path: &Path, expect: Option<&MachineName>) -> Result<Plan, Failure> {
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return refuse("start", "machina-launch must run as root".into());
     }
-    let fd = fs::open_nofollow(path, libc::O_RDONLY).step("plan")?;
-    let st = fs::fstat(&fd, path).step("plan")?;
+    // O_PATH first: a FIFO or device is refused before anything opens it.
+    let opath = fs::open_nofollow(path, libc::O_PATH).step("plan")?;
+    let st = fs::fstat(&opath, path).step("plan")?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return refuse("plan", format!("{}: is not a regular file", path.display()));
+        return refuse(
+            "plan",
+            format!(
+                "{}: is a {}, not a regular file",
+                path.display(),
+                fs::kind(st.st_mode)
+            ),
+        );
     }
     if st.st_uid != 0 {
         return refuse(
@@ -171,6 +188,16 @@ pub fn read_plan(path: &Path, expect: Option<&MachineName>) -> Result<Plan, Fail
             format!("{}: is larger than {MAX_PLAN} bytes", path.display()),
         );
     }
+    // Now open it for reading (non-blocking, in case it was swapped) and
+    // make sure it is still the file checked.
+    let fd = fs::open_nofollow(path, libc::O_RDONLY | libc::O_NONBLOCK).step("plan")?;
+    let st2 = fs::fstat(&fd, path).step("plan")?;
+    if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
+        return refuse(
+            "plan",
+            format!("{}: changed while being read", path.display()),
+        );
+    }
     let mut text = String::with_capacity(st.st_size as usize);
     std::fs::File::from(fd)
         .take(MAX_PLAN)
@@ -196,34 +223,89 @@ pub fn read_plan(path: &Path, expect: Option<&MachineName>) -> Result<Plan, Fail
     Ok(plan)
 }
 
-/// Locks the VM and launches it. Returns only on failure, with everything
-/// undone.
+/// Checks the plan's identity and argv, locks the VM and launches it.
+/// Returns only on failure, with everything undone.
 pub fn run(plan: &Plan) -> Failure {
-    let root_path = teardown::runtime_root(plan);
-    let root = match fs::ensure_dir(root_path).step("runtime directory") {
-        Ok(fd) => fd,
-        Err(f) => return f,
-    };
+    match run_locked(plan) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    }
+}
+
+fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
+    if let Err(e) = crate::identity::check_vm_id(plan.uid, plan.machine.as_str()) {
+        return refuse("identity", e.to_string());
+    }
+    if let Err(e) = qemu_args::check(&plan.qemu.args) {
+        return refuse("qemu", e);
+    }
+    let root = runtime_dir::open_root().step("runtime directory")?;
+    let lock_dir = runtime_dir::open_lock_dir().step("lock")?;
     let lock = FileLock::acquire(
-        &root,
-        root_path,
-        &teardown::vm_lock_name(plan),
+        &lock_dir,
+        Path::new(LOCK_DIR),
+        &Lock::Vm(&plan.machine).file_name(),
         Duration::ZERO,
         || {
             format!(
                 "the VM is already running, or being launched or torn down (its lock {} is held); stop it first (`systemctl stop machina-qemu-{}`)",
-                root_path.join(teardown::vm_lock_name(plan)).display(),
+                Lock::Vm(&plan.machine).path().display(),
                 plan.machine
             )
         },
-    );
-    let lock = match lock.step("lock") {
-        Ok(l) => l,
-        Err(f) => return f,
-    };
-    let failure = launch(plan, &root, root_path, &lock);
+    )
+    .step("lock")?;
+    // A uid another VM's QEMU runs as, or another plan names, is not this
+    // VM's own.
+    if let Some((other, pid)) =
+        prepare::procs::other_vm_with_uid(Path::new(LOCK_DIR), plan.machine.as_str(), plan.uid)
+    {
+        lock.remove();
+        return refuse(
+            "identity",
+            format!(
+                "uid {} is the uid of running VM {other:?} (its QEMU is pid {pid}); a VM's uid must be its own (run `machina gen`)",
+                plan.uid
+            ),
+        );
+    }
+    if let Some(other) = other_plan_with_uid(plan) {
+        lock.remove();
+        return refuse(
+            "identity",
+            format!(
+                "uid {} is also the uid of VM {other:?} ({DEFAULT_PLAN_DIR}/{other}.json); a VM's uid must be its own (run `machina gen`)",
+                plan.uid
+            ),
+        );
+    }
+    let failure = launch(plan, &root, &lock);
     lock.remove();
-    failure
+    Err(failure)
+}
+
+/// Another installed plan with the same uid, if any.
+fn other_plan_with_uid(plan: &Plan) -> Option<String> {
+    let entries = std::fs::read_dir(DEFAULT_PLAN_DIR).ok()?;
+    for e in entries.flatten().take(100_000) {
+        let p = e.path();
+        let Some(stem) = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|_| p.extension().is_some_and(|x| x == "json"))
+        else {
+            continue;
+        };
+        if stem == plan.machine.as_str() {
+            continue;
+        }
+        if let Ok(other) = read_plan(&p, None) {
+            if other.uid == plan.uid && other.machine != plan.machine {
+                return Some(other.machine.to_string());
+            }
+        }
+    }
+    None
 }
 
 /// The fd number QEMU holds the VM's lock at: the first after the plan's.
@@ -236,8 +318,8 @@ pub fn lock_fd_number(plan: &Plan) -> i32 {
 }
 
 /// The prepare steps, drop and exec. Guards live here, so returning undoes.
-fn launch(plan: &Plan, root: &OwnedFd, root_path: &Path, lock: &FileLock) -> Failure {
-    match launch_steps(plan, root, root_path, lock) {
+fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock) -> Failure {
+    match launch_steps(plan, root, lock) {
         Ok(never) => match never {},
         Err(f) => f,
     }
@@ -246,10 +328,9 @@ fn launch(plan: &Plan, root: &OwnedFd, root_path: &Path, lock: &FileLock) -> Fai
 fn launch_steps(
     plan: &Plan,
     root: &OwnedFd,
-    root_path: &Path,
     lock: &FileLock,
 ) -> Result<std::convert::Infallible, Failure> {
-    let _dir = runtime_dir::RuntimeDir::prepare(root, &plan.runtime_dir, plan.uid, plan.gid)
+    let _dir = runtime_dir::RuntimeDir::prepare(root, &plan.runtime_dir(), plan.uid, plan.gid)
         .step("runtime directory")?;
     let mut taps = Vec::with_capacity(plan.taps.len());
     for t in &plan.taps {
@@ -257,39 +338,43 @@ fn launch_steps(
     }
     let mut mdevs = Vec::with_capacity(plan.mdevs.len());
     for m in &plan.mdevs {
-        mdevs.push(
-            mdev::prepare(m, plan.gid, root, root_path).step(format_args!("mdev {}", m.uuid))?,
-        );
+        mdevs.push(mdev::prepare(m, plan.gid).step(format_args!("mdev {}", m.uuid))?);
     }
     let mut grants = Vec::with_capacity(plan.grants.len());
     for g in &plan.grants {
-        grants.push(grant::prepare(g, plan.gid).step("grant")?);
+        grants.push(grant::prepare(g, plan.uid, plan.gid).step("grant")?);
     }
     let kvm_gid = kvm::kvm_group().step("kvm")?;
-    privdrop::check_binary(&plan.qemu.binary, plan.uid, &[plan.gid, kvm_gid]).step("qemu")?;
+    let gids = [plan.gid, kvm_gid];
+    reach::check(plan, &gids).step("reach")?;
+    let binary_fd = privdrop::check_binary(&plan.qemu.binary, plan.uid, &gids).step("qemu")?;
     if let Some(bytes) = plan.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
+    let prefix = format!("machina-launch: {}: ", plan.machine);
+    privdrop::detach_terminal(&prefix).step("terminal")?;
+    let hint = format!(
+        "(root was already given up; run `machina teardown {}`)",
+        plan.machine
+    );
     let spec = privdrop::ExecSpec {
         binary: &plan.qemu.binary,
+        binary_fd: &binary_fd,
+        hint: hint.clone(),
         args: &plan.qemu.args,
         uid: plan.uid,
         gid: plan.gid,
         kvm_gid,
         fds: taps
             .iter()
-            .flat_map(|t| t.fds.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)))
-            .chain([(lock.fd().as_raw_fd(), lock_fd_number(plan))])
+            .flat_map(|t| t.fds.iter().map(|(fd, n)| (fd.as_fd(), *n)))
+            .chain([(lock.fd().as_fd(), lock_fd_number(plan))])
             .collect(),
     };
-    let prefix = format!("machina-launch: {}: ", plan.machine);
     let e = privdrop::drop_and_exec(&spec, &prefix);
     let mut error = e.error;
     if e.after_drop {
-        error = prepare::Error::Refused(format!(
-            "{error} (root was already given up; run `machina teardown {}`)",
-            plan.machine
-        ));
+        error = prepare::Error::Refused(format!("{error} {hint}"));
     }
     Err(Failure {
         step: "privileges".into(),

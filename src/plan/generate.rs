@@ -2,9 +2,9 @@
 //! choosing the VM's uid/gid.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::{Access, Grant, Mdev, Plan, QemuExec, Tap, PLAN_VERSION, RUNTIME_ROOT};
+use super::{Access, Grant, Mdev, Plan, QemuExec, Tap, PLAN_VERSION};
 use crate::config::model::{Machine, ResolvedVolume};
 use crate::config::schema::StorageType;
 use crate::identity::derive_vm_id;
@@ -59,7 +59,6 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
         uuid: m.id,
         uid: id,
         gid: id,
-        runtime_dir: PathBuf::from(format!("{RUNTIME_ROOT}/{}", m.name)),
         taps,
         mdevs,
         grants,

@@ -16,7 +16,9 @@ use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use super::fs::{fstat, get_xattr, kind, open_nofollow, set_group, set_mode, set_xattr};
+use super::fs::{
+    fstat, get_xattr, kind, only_root_writes, set_group, set_mode, set_xattr, walk_checked,
+};
 use super::{Error, Result};
 use crate::plan::{Access, Grant};
 
@@ -81,11 +83,33 @@ impl Drop for Granted {
 }
 
 /// Opens a grant's file safely and checks it: a regular file or block
-/// device with one link, or (read-only only) a directory.
-fn open_checked(grant: &Grant) -> Result<(OwnedFd, libc::stat)> {
+/// device with one link, or (read-only only) a directory, reached through
+/// directories that only root can change, except its own directory, which
+/// may also be the VM's (`uid`/`gid`). Anyone else able to change entries
+/// next to the file could swap in a hard link to a file of theirs' victim
+/// between the checks and the change, so such a volume is refused.
+fn open_checked(grant: &Grant, uid: u32, gid: u32) -> Result<(OwnedFd, libc::stat)> {
     let path = &grant.path;
-    let opath = open_nofollow(path, libc::O_PATH)?;
-    let st = fstat(&opath, path)?;
+    let w = walk_checked(path, &|st, dir, is_parent| {
+        let ok = only_root_writes(st)
+            || (is_parent
+                && (st.st_uid == 0 || st.st_uid == uid)
+                && st.st_mode & 0o002 == 0
+                && (st.st_mode & 0o020 == 0 || st.st_gid == 0 || st.st_gid == gid));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "{}: refused because directory {} can be changed by someone other than root and the VM (owner uid {}, group {}, mode {:04o}), who could swap in a hard link to another file; keep volumes in directories only root (or the VM) can write",
+                path.display(),
+                dir.display(),
+                st.st_uid,
+                st.st_gid,
+                st.st_mode & 0o7777
+            )))
+        }
+    })?;
+    let st = w.st;
     let fmt = st.st_mode & libc::S_IFMT;
     let is_dir = fmt == libc::S_IFDIR;
     let ok = fmt == libc::S_IFREG
@@ -108,14 +132,14 @@ fn open_checked(grant: &Grant) -> Result<(OwnedFd, libc::stat)> {
             nlink: st.st_nlink as u64,
         });
     }
-    Ok((opath, st))
+    Ok((w.fd, st))
 }
 
 /// Gives group `gid` the access `grant` asks for. Returns `None` when
-/// nothing had to change.
-pub fn prepare(grant: &Grant, gid: u32) -> Result<Option<Granted>> {
+/// nothing had to change. A private grant ends with no access for others.
+pub fn prepare(grant: &Grant, uid: u32, gid: u32) -> Result<Option<Granted>> {
     let path = &grant.path;
-    let (fd, st) = open_checked(grant)?;
+    let (fd, st) = open_checked(grant, uid, gid)?;
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let mode = st.st_mode & 0o7777;
     let mut g = Granted {
@@ -152,21 +176,31 @@ pub fn prepare(grant: &Grant, gid: u32) -> Result<Option<Granted>> {
         (Access::ReadOnly, false) => 0o040,
         (Access::ReadOnly, true) => 0o050,
     };
-    if st.st_gid == gid && mode & bits == bits {
+    if st.st_gid == gid && mode & bits == bits && mode & 0o007 == 0 {
         return Ok(None);
     }
     g.armed = true;
     set_group(&g.fd, gid, path)?;
     // Re-read the mode: chown clears set-id bits, which must stay cleared.
+    // Others lose every access: the file is the VM's (and its owner's).
     let now = fstat(&g.fd, path)?.st_mode & 0o7777;
-    set_mode(&g.fd, now | bits, path)?;
+    set_mode(&g.fd, (now | bits) & !0o007, path)?;
+    // Still one link? (Nobody can add one in a directory checked above;
+    // this keeps the promise should a check be wrong.)
+    let after = fstat(&g.fd, path)?;
+    if !is_dir && after.st_nlink != 1 {
+        return Err(Error::HardLink {
+            path: path.clone(),
+            nlink: after.st_nlink as u64,
+        });
+    }
     Ok(Some(g))
 }
 
 /// Removes the per-VM ACL entry of a shared grant (teardown). Returns
 /// whether there was one.
-pub fn revoke_shared(grant: &Grant, gid: u32) -> Result<bool> {
-    let (fd, st) = open_checked(grant)?;
+pub fn revoke_shared(grant: &Grant, uid: u32, gid: u32) -> Result<bool> {
+    let (fd, st) = open_checked(grant, uid, gid)?;
     let Some(old) = get_acl(&fd, &grant.path)? else {
         return Ok(false);
     };

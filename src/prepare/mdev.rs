@@ -1,14 +1,13 @@
 //! Mediated devices (vGPUs): created through sysfs under a host-wide lock,
 //! then the VM's group is given read-write on `/dev/vfio/<iommu group>`.
 //!
-//! Paths inside sysfs are followed normally: sysfs is made of kernel
-//! symlinks and only the kernel writes it. The `/dev` holding the vfio
-//! nodes is `<parent of sysfs root>/dev`: `/dev` for `/sys`, and for a test's
-//! fake tree `<tmp>/sys` it is `<tmp>/dev`, so a fake host is one directory
-//! with `sys/` and `dev/` in it. The vfio node is reached without following
-//! symbolic links.
+//! sysfs is reached only through [`Sysfs`]: every path resolved beneath the
+//! sysfs root, bounded reads, writes to existing attributes only. The
+//! `/dev` holding the vfio nodes is `<parent of sysfs root>/dev`: `/dev`
+//! for `/sys`, and for a test's fake tree `<tmp>/sys` it is `<tmp>/dev`, so
+//! a fake host is one directory with `sys/` and `dev/` in it. The vfio node
+//! is reached without following symbolic links.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,21 +16,21 @@ use uuid::Uuid;
 
 use super::fs::{fstat, open_nofollow, set_group, set_mode};
 use super::lock::FileLock;
+use super::sysfs::Sysfs;
 use super::{Error, Result};
 use crate::plan;
 
-/// Name of the host-wide mdev lock file in the runtime root.
-pub const LOCK_NAME: &str = "mdev.lock";
 /// How long to wait for another machina holding the mdev lock.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for a created or removed device to show in sysfs.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// The sysfs directory of mediated device `uuid`.
-pub fn device_dir(sysfs_root: &Path, uuid: &Uuid) -> PathBuf {
-    sysfs_root
-        .join("bus/mdev/devices")
-        .join(uuid.hyphenated().to_string())
+/// The directory of the PCI devices, relative to the sysfs root.
+const PCI: &str = "bus/pci/devices";
+
+/// The sysfs directory of mediated device `uuid`, relative to the root.
+pub fn device_dir(uuid: &Uuid) -> PathBuf {
+    Path::new("bus/mdev/devices").join(uuid.hyphenated().to_string())
 }
 
 /// The `/dev` that goes with a sysfs root (see the module documentation).
@@ -44,7 +43,7 @@ pub fn dev_root(sysfs_root: &Path) -> PathBuf {
 /// created is removed.
 #[derive(Debug)]
 pub struct Prepared {
-    created: Option<PathBuf>,
+    created: Option<(Sysfs, PathBuf)>,
     vfio: Option<(OwnedFd, PathBuf, u32, u32)>,
 }
 
@@ -64,8 +63,8 @@ impl Prepared {
         if let Some((fd, path, gid, mode)) = self.vfio.take() {
             let _ = set_group_mode(&fd, &path, gid, mode);
         }
-        if let Some(dir) = self.created.take() {
-            let _ = remove_device(&dir);
+        if let Some((sys, dir)) = self.created.take() {
+            let _ = remove_device(&sys, &dir);
         }
     }
 }
@@ -77,51 +76,49 @@ impl Drop for Prepared {
 }
 
 /// Creates the mediated device of `m` if it is absent and grants `gid`
-/// read-write on its vfio group node. `lock_dir` is the runtime root, where
-/// the host-wide lock lives.
-pub fn prepare(
-    m: &plan::Mdev,
-    gid: u32,
-    lock_dir: &OwnedFd,
-    lock_dir_path: &Path,
-) -> Result<Prepared> {
-    let pci = m.sysfs_root.join("bus/pci/devices");
-    if !pci.is_dir() {
+/// read-write on its vfio group node, under the host-wide mdev lock.
+pub fn prepare(m: &plan::Mdev, gid: u32) -> Result<Prepared> {
+    let sys = Sysfs::open(&m.sysfs_root)?;
+    if !sys.is_dir(Path::new(PCI)) {
         return Err(Error::Mdev(format!(
             "mediated devices are not supported on this host ({} is missing)",
-            pci.display()
+            sys.show(Path::new(PCI)).display()
         )));
     }
-    let lock = FileLock::acquire(lock_dir, lock_dir_path, LOCK_NAME, LOCK_WAIT, || {
+    super::runtime_dir::open_lock_dir()?;
+    let lock_path = plan::Lock::Mdev.path();
+    let lock = FileLock::acquire_dir(&lock_path, LOCK_WAIT, || {
         format!(
             "{} is held by another machina for more than {} s",
-            lock_dir_path.join(LOCK_NAME).display(),
+            lock_path.display(),
             LOCK_WAIT.as_secs()
         )
     })?;
+    let dev = device_dir(&m.uuid);
+    let existed = sys.is_dir(&dev);
+    let made = if existed {
+        Ok(())
+    } else if sys.exists(&dev) {
+        Err(Error::Mdev(format!(
+            "{} exists and is not a directory",
+            sys.show(&dev).display()
+        )))
+    } else {
+        create(&sys, m, &dev)
+    };
+    drop(lock);
+    made?;
+    let vfio = grant_vfio(&sys, &dev, gid);
     let mut out = Prepared {
-        created: None,
+        created: (!existed).then_some((sys, dev)),
         vfio: None,
     };
-    let dev = device_dir(&m.sysfs_root, &m.uuid);
-    let made = match std::fs::metadata(&dev) {
-        Ok(md) if md.is_dir() => Ok(()),
-        Ok(_) => Err(Error::Mdev(format!(
-            "{} exists and is not a directory",
-            dev.display()
-        ))),
-        Err(_) => create(m, &pci, &dev).map(|()| out.created = Some(dev.clone())),
-    };
-    // Released and unlinked whatever happened (a waiter notices the unlink
-    // and retries with a fresh file).
-    lock.remove();
-    made?;
-    out.vfio = Some(grant_vfio(&m.sysfs_root, &dev, gid)?);
+    out.vfio = Some(vfio?);
     Ok(out)
 }
 
 /// Tries each parent in order until one creates the device.
-fn create(m: &plan::Mdev, pci: &Path, dev: &Path) -> Result<()> {
+fn create(sys: &Sysfs, m: &plan::Mdev, dev: &Path) -> Result<()> {
     let mut tried = Vec::new();
     for p in &m.parents {
         if !crate::names::is_pci_address(&p.address) {
@@ -130,38 +127,38 @@ fn create(m: &plan::Mdev, pci: &Path, dev: &Path) -> Result<()> {
                 p.address
             )));
         }
-        let parent = pci.join(&p.address);
-        if !parent.is_dir() {
+        let parent = Path::new(PCI).join(&p.address);
+        if !sys.is_dir(&parent) {
             tried.push(format!("{}: not present", p.address));
             continue;
         }
         let types = parent.join("mdev_supported_types");
-        let Some(ty) = find_type(&types, &p.type_name) else {
+        let Some(ty) = find_type(sys, &types, &p.type_name) else {
             tried.push(format!("{}: no type named {:?}", p.address, p.type_name));
             continue;
         };
-        let existing = existing_devices(&types);
+        let existing = existing_devices(sys, &types);
         if p.heterogeneous && existing.is_empty() {
             set_heterogeneous(&p.address)?;
         }
-        let placement = choose_placement(&p.placements, &existing);
-        write_file(
+        let placement = choose_placement(sys, &p.placements, &existing);
+        sys.write(
             &ty.join("create"),
             m.uuid.hyphenated().to_string().as_bytes(),
         )?;
-        if !wait_for(|| dev.is_dir()) {
+        if !wait_for(|| sys.is_dir(dev)) {
             return Err(Error::Mdev(format!(
                 "mediated device {} should have been created by {} but did not appear in {}",
                 m.uuid,
                 p.address,
-                dev.display()
+                sys.show(dev).display()
             )));
         }
         if let Some(want) = placement {
             let file = dev.join("nvidia/placement_id");
-            if read_placement(&file) != Some(want) {
-                if let Err(e) = write_file(&file, want.to_string().as_bytes()) {
-                    let _ = remove_device(dev);
+            if read_placement(sys, &file) != Some(want) {
+                if let Err(e) = sys.write(&file, want.to_string().as_bytes()) {
+                    let _ = remove_device(sys, dev);
                     return Err(e);
                 }
             }
@@ -179,31 +176,26 @@ fn create(m: &plan::Mdev, pci: &Path, dev: &Path) -> Result<()> {
 }
 
 /// The type directory whose `name` file equals `name`.
-fn find_type(types: &Path, name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(types)
-        .ok()?
-        .filter_map(|e| Some(e.ok()?.path()))
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
-        .find(|d| std::fs::read_to_string(d.join("name")).is_ok_and(|n| n.trim() == name))
+fn find_type(sys: &Sysfs, types: &Path, name: &str) -> Option<PathBuf> {
+    sys.list(types)
+        .into_iter()
+        .map(|t| types.join(t))
+        .find(|d| sys.read(&d.join("name")).is_ok_and(|n| n.trim() == name))
 }
 
 /// Every mediated device already created on a parent, over all its types.
-fn existing_devices(types: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(types) else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|t| std::fs::read_dir(t.path().join("devices")).ok())
-        .flatten()
-        .filter_map(|e| Some(e.ok()?.path()))
-        .collect()
+fn existing_devices(sys: &Sysfs, types: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for t in sys.list(types) {
+        let devs = types.join(t).join("devices");
+        out.extend(sys.list(&devs).into_iter().map(|d| devs.join(d)));
+    }
+    out
 }
 
 /// `nvidia/placement_id` of a device, when it has a numeric one.
-fn read_placement(file: &Path) -> Option<u32> {
-    let s = std::fs::read_to_string(file).ok()?;
+fn read_placement(sys: &Sysfs, file: &Path) -> Option<u32> {
+    let s = sys.read(file).ok()?;
     let s = s.strip_suffix('\n').unwrap_or(&s);
     if s.trim().eq_ignore_ascii_case("not applicable") {
         return None;
@@ -212,13 +204,13 @@ fn read_placement(file: &Path) -> Option<u32> {
 }
 
 /// The first wanted placement no existing device occupies.
-fn choose_placement(wanted: &[u32], existing: &[PathBuf]) -> Option<u32> {
+fn choose_placement(sys: &Sysfs, wanted: &[u32], existing: &[PathBuf]) -> Option<u32> {
     if wanted.is_empty() {
         return None;
     }
     let active: Vec<u32> = existing
         .iter()
-        .filter_map(|d| read_placement(&d.join("nvidia/placement_id")))
+        .filter_map(|d| read_placement(sys, &d.join("nvidia/placement_id")))
         .collect();
     wanted.iter().copied().find(|p| !active.contains(p))
 }
@@ -241,15 +233,6 @@ fn set_heterogeneous(address: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes `data` to an existing sysfs attribute (never creates a file).
-fn write_file(path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    f.write_all(data).map_err(|e| Error::io("write", path, e))
-}
-
 fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + SETTLE;
     loop {
@@ -265,24 +248,24 @@ fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
 
 /// Removes a mediated device through its `remove` attribute and waits for
 /// it to go.
-pub fn remove_device(dev: &Path) -> Result<()> {
-    if !dev.exists() {
+pub fn remove_device(sys: &Sysfs, dev: &Path) -> Result<()> {
+    if !sys.exists(dev) {
         return Ok(());
     }
-    write_file(&dev.join("remove"), b"1")?;
-    if !wait_for(|| !dev.exists()) {
+    sys.write(&dev.join("remove"), b"1")?;
+    if !wait_for(|| !sys.exists(dev)) {
         return Err(Error::Mdev(format!(
             "mediated device {} is still present after remove",
-            dev.display()
+            sys.show(dev).display()
         )));
     }
     Ok(())
 }
 
 /// The vfio node of a device's IOMMU group.
-pub fn vfio_node(sysfs_root: &Path, dev: &Path) -> Result<PathBuf> {
+pub fn vfio_node(sys: &Sysfs, dev: &Path) -> Result<PathBuf> {
     let link = dev.join("iommu_group");
-    let target = std::fs::read_link(&link).map_err(|e| Error::io("read link", &link, e))?;
+    let target = sys.read_link(&link)?;
     let group: u32 = target
         .file_name()
         .and_then(|n| n.to_str())
@@ -290,11 +273,11 @@ pub fn vfio_node(sysfs_root: &Path, dev: &Path) -> Result<PathBuf> {
         .ok_or_else(|| {
             Error::Mdev(format!(
                 "{} points to {}, which is not an IOMMU group",
-                link.display(),
+                sys.show(&link).display(),
                 target.display()
             ))
         })?;
-    Ok(dev_root(sysfs_root).join("vfio").join(group.to_string()))
+    Ok(dev_root(sys.path()).join("vfio").join(group.to_string()))
 }
 
 fn open_vfio(node: &Path) -> Result<(OwnedFd, libc::stat)> {
@@ -317,8 +300,8 @@ fn set_group_mode(fd: &OwnedFd, path: &Path, gid: u32, mode: u32) -> Result<()> 
     set_mode(fd, mode, path)
 }
 
-fn grant_vfio(sysfs_root: &Path, dev: &Path, gid: u32) -> Result<(OwnedFd, PathBuf, u32, u32)> {
-    let node = vfio_node(sysfs_root, dev)?;
+fn grant_vfio(sys: &Sysfs, dev: &Path, gid: u32) -> Result<(OwnedFd, PathBuf, u32, u32)> {
+    let node = vfio_node(sys, dev)?;
     let (fd, st) = open_vfio(&node)?;
     let before = (st.st_gid, st.st_mode & 0o7777);
     set_group_mode(&fd, &node, gid, before.1 | 0o060)?;
@@ -329,18 +312,19 @@ fn grant_vfio(sysfs_root: &Path, dev: &Path, gid: u32) -> Result<(OwnedFd, PathB
 /// (group root, no group access) and removes the device. Returns whether
 /// the device existed.
 pub fn teardown(m: &plan::Mdev, gid: u32) -> Result<bool> {
-    let dev = device_dir(&m.sysfs_root, &m.uuid);
-    if !dev.exists() {
+    let sys = Sysfs::open(&m.sysfs_root)?;
+    let dev = device_dir(&m.uuid);
+    if !sys.exists(&dev) {
         return Ok(false);
     }
-    if let Ok(node) = vfio_node(&m.sysfs_root, &dev) {
+    if let Ok(node) = vfio_node(&sys, &dev) {
         if let Ok((fd, st)) = open_vfio(&node) {
             if st.st_gid == gid {
                 set_group_mode(&fd, &node, 0, st.st_mode & 0o7707)?;
             }
         }
     }
-    remove_device(&dev)?;
+    remove_device(&sys, &dev)?;
     Ok(true)
 }
 
@@ -355,13 +339,24 @@ mod tests {
             let d = dir.join(name);
             std::fs::create_dir_all(d.join("nvidia")).unwrap();
             std::fs::write(d.join("nvidia/placement_id"), content).unwrap();
-            d
+            PathBuf::from(name)
         };
         let devs = vec![mk("a", "0\n"), mk("b", "Not Applicable\n"), mk("c", "2\n")];
-        assert_eq!(choose_placement(&[0, 2, 4, 6], &devs), Some(4));
-        assert_eq!(choose_placement(&[0, 2], &devs), None);
-        assert_eq!(choose_placement(&[], &devs), None);
-        assert_eq!(read_placement(&devs[1].join("nvidia/placement_id")), None);
+        let sys = Sysfs::open(&dir).unwrap();
+        assert_eq!(choose_placement(&sys, &[0, 2, 4, 6], &devs), Some(4));
+        assert_eq!(choose_placement(&sys, &[0, 2], &devs), None);
+        assert_eq!(choose_placement(&sys, &[], &devs), None);
+        assert_eq!(
+            read_placement(&sys, &devs[1].join("nvidia/placement_id")),
+            None
+        );
+        // Nothing outside the root is reachable, through links or `..`.
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../etc", dir.join("up")).unwrap();
+        for bad in ["abs", "up/hostname", "../x"] {
+            assert!(sys.read(Path::new(bad)).is_err(), "{bad}");
+            assert!(sys.write(Path::new(bad), b"1").is_err(), "{bad}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

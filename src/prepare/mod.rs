@@ -18,7 +18,10 @@ pub mod lock;
 pub mod mdev;
 pub mod privdrop;
 pub mod procs;
+pub mod reach;
 pub mod runtime_dir;
+pub mod sys;
+pub mod sysfs;
 pub mod tap;
 pub mod teardown;
 
@@ -101,23 +104,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// An [`Error::Io`] from the current `errno`.
-    pub(crate) fn last(op: &'static str, path: &Path) -> Error {
-        Error::Io {
-            op,
-            path: path.to_owned(),
-            source: io::Error::last_os_error(),
-        }
-    }
-
-    /// An [`Error::Sys`] from the current `errno`.
-    pub(crate) fn last_sys(op: &'static str) -> Error {
-        Error::Sys {
-            op,
-            source: io::Error::last_os_error(),
-        }
-    }
-
     /// An [`Error::Io`] from an error value.
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Error {
         Error::Io {

@@ -1,29 +1,31 @@
-//! Processes of a VM's uid.
+//! Finding and ending the processes that provably belong to one VM.
 //!
-//! The uid belongs to one VM alone, so a live process with it means that
-//! VM's QEMU (or a stray child of it) runs. The launcher uses this to refuse
-//! a second launch; teardown uses it to end stray processes. Signals go
-//! through pidfds, so a recycled pid is never signalled.
+//! The proof is the VM's lock: the launcher takes it with `flock` and execs
+//! QEMU with the locked fd, so the kernel records the launcher's pid, which
+//! is QEMU's pid after the exec, as the holder in `/proc/locks`. A process
+//! is this VM's QEMU when it holds that lock *and* runs as the VM's uid;
+//! nothing else of that uid (nor of any other) is ever signalled. A uid
+//! alone proves nothing: an id can be reused, configured by mistake, or
+//! shared with a login user. Signals go through pidfds, checked again after
+//! the pid is pinned, so a recycled pid is never signalled.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use super::{Error, Result};
+use super::{sys, Error, Result};
 
-/// What `/proc/<pid>/status` says about a process, if it still exists.
+/// Reads at most `max` bytes of a small kernel file.
+fn read_bounded(path: &str, max: usize) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut buf = Vec::with_capacity(max.min(1 << 16));
+    f.take(max as u64).read_to_end(&mut buf).ok()?;
+    String::from_utf8(buf).ok()
+}
+
+/// What `/proc/<pid>/status` says about a process, if it still exists:
+/// whether it is a zombie, and its real, effective and saved uids.
 fn status_uid(pid: i32) -> Option<(bool, [u32; 3])> {
-    let mut f = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
-    let mut buf = [0u8; 2048];
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(_) => return None,
-        }
-    }
-    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let text = read_bounded(&format!("/proc/{pid}/status"), 4096)?;
     let mut zombie = false;
     for line in text.lines() {
         if let Some(s) = line.strip_prefix("State:") {
@@ -37,7 +39,13 @@ fn status_uid(pid: i32) -> Option<(bool, [u32; 3])> {
     None
 }
 
-/// Live (non-zombie) processes whose real, effective or saved uid is `uid`.
+/// Whether `pid` is alive and runs as `uid` (real, effective and saved).
+fn runs_as(pid: i32, uid: u32) -> bool {
+    matches!(status_uid(pid), Some((false, ids)) if ids == [uid; 3])
+}
+
+/// Live (non-zombie) processes whose real, effective or saved uid is
+/// `uid`, other than this one (tests use it to show nothing is left).
 pub fn processes_of(uid: u32) -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -49,44 +57,89 @@ pub fn processes_of(uid: u32) -> Vec<i32> {
         .collect()
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a returned fd is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+/// The identity of a lock file as `/proc/locks` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockId {
+    /// Device major.
+    pub major: u64,
+    /// Device minor.
+    pub minor: u64,
+    /// Inode.
+    pub ino: u64,
 }
 
-/// Signals every process of `uid`, checking the uid again once the pid is
-/// pinned by a pidfd. Returns how many were signalled.
-fn signal_all(uid: u32, sig: i32) -> usize {
-    let mut n = 0;
-    for pid in processes_of(uid) {
-        let Some(pidfd) = pidfd_open(pid) else {
-            continue;
-        };
-        if !matches!(status_uid(pid), Some((false, ids)) if ids.contains(&uid)) {
+impl LockId {
+    /// The identity of the file `st` describes.
+    pub fn of(st: &libc::stat) -> LockId {
+        LockId {
+            major: nix::sys::stat::major(st.st_dev),
+            minor: nix::sys::stat::minor(st.st_dev),
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// Pids holding a `flock` on the file `id`, from `/proc/locks`; `None`
+/// when `/proc/locks` cannot be read (e.g. under `ProcSubset=pid`).
+pub fn flock_holders(id: LockId) -> Option<Vec<i32>> {
+    let text = read_bounded("/proc/locks", 1 << 20)?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<ino> 0 EOF"; blocked
+        // waiters have "->" in second place and hold nothing.
+        if f.len() < 6 || f[1] != "FLOCK" {
             continue;
         }
-        // SAFETY: pidfd_send_signal on a pidfd we hold.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
+        let (Ok(pid), Some(dev)) = (f[4].parse::<i32>(), parse_dev(f[5])) else {
+            continue;
         };
-        if rc == 0 {
+        if dev == id && pid > 0 && !out.contains(&pid) {
+            out.push(pid);
+        }
+    }
+    Some(out)
+}
+
+fn parse_dev(s: &str) -> Option<LockId> {
+    let mut it = s.split(':');
+    let major = u64::from_str_radix(it.next()?, 16).ok()?;
+    let minor = u64::from_str_radix(it.next()?, 16).ok()?;
+    let ino = it.next()?.parse().ok()?;
+    Some(LockId { major, minor, ino })
+}
+
+/// The holders of lock `id` that run as `uid`: the VM's QEMU.
+pub fn vm_processes(id: LockId, uid: u32) -> Vec<i32> {
+    flock_holders(id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&pid| runs_as(pid, uid))
+        .collect()
+}
+
+/// Signals every holder of lock `id` running as `uid`, checking both again
+/// once the pid is pinned by a pidfd. Returns how many were signalled.
+fn signal_vm(id: LockId, uid: u32, sig: i32) -> usize {
+    let mut n = 0;
+    for pid in vm_processes(id, uid) {
+        let Ok(pidfd) = sys::pidfd_open(pid) else {
+            continue;
+        };
+        if !runs_as(pid, uid) || !flock_holders(id).unwrap_or_default().contains(&pid) {
+            continue;
+        }
+        if sys::pidfd_send_signal(&pidfd, sig).is_ok() {
             n += 1;
         }
     }
     n
 }
 
-fn wait_gone(uid: u32, limit: Duration) -> bool {
+fn wait_gone(id: LockId, uid: u32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if processes_of(uid).is_empty() {
+        if vm_processes(id, uid).is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -96,19 +149,67 @@ fn wait_gone(uid: u32, limit: Duration) -> bool {
     }
 }
 
-/// Ends every process of `uid`: SIGTERM, then SIGKILL after `grace`.
-/// Returns how many processes there were.
-pub fn kill_all(uid: u32, grace: Duration) -> Result<usize> {
-    let n = signal_all(uid, libc::SIGTERM);
-    if n == 0 || wait_gone(uid, grace) {
+/// Another VM whose QEMU runs as `uid`: a holder of a VM lock other than
+/// `own`'s (lock name `vm.<vm>` in `lock_dir`) running as `uid`. Returns the
+/// VM's name and the pid. (A process of `uid` that holds no VM lock, such
+/// as the VM's own swtpm, is no other VM.)
+pub fn other_vm_with_uid(lock_dir: &std::path::Path, own: &str, uid: u32) -> Option<(String, i32)> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = std::fs::read_dir(lock_dir).ok()?;
+    for e in entries.flatten().take(100_000) {
+        let name = e.file_name();
+        let Some(vm) = name.to_str().and_then(|n| n.strip_prefix("vm.")) else {
+            continue;
+        };
+        if vm == own {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let id = LockId {
+            major: nix::sys::stat::major(md.dev()),
+            minor: nix::sys::stat::minor(md.dev()),
+            ino: md.ino(),
+        };
+        if let Some(&pid) = vm_processes(id, uid).first() {
+            return Some((vm.to_owned(), pid));
+        }
+    }
+    None
+}
+
+/// Ends the VM's QEMU (the holders of lock `id` running as `uid`):
+/// SIGTERM, then SIGKILL after `grace`. Returns how many there were.
+pub fn end_vm(id: LockId, uid: u32, grace: Duration) -> Result<usize> {
+    let n = signal_vm(id, uid, libc::SIGTERM);
+    if n == 0 || wait_gone(id, uid, grace) {
         return Ok(n);
     }
-    signal_all(uid, libc::SIGKILL);
-    if wait_gone(uid, Duration::from_secs(5)) {
+    signal_vm(id, uid, libc::SIGKILL);
+    if wait_gone(id, uid, Duration::from_secs(5)) {
         return Ok(n);
     }
     Err(Error::Refused(format!(
-        "processes of uid {uid} survive SIGKILL: {:?}",
-        processes_of(uid)
+        "the VM's QEMU survives SIGKILL: {:?}",
+        vm_processes(id, uid)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_lines() {
+        assert_eq!(
+            parse_dev("00:1a:1234"),
+            Some(LockId {
+                major: 0,
+                minor: 26,
+                ino: 1234
+            })
+        );
+        assert_eq!(parse_dev("zz"), None);
+    }
 }

@@ -5,15 +5,35 @@
 //! re-chown to the unit's user before every Exec line.
 
 use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::fs::{cstr, fstat, openat_nofollow, remove_at, set_mode};
+use super::fs::{cstr, fstat, mkdir_at, openat_nofollow, remove_at, set_mode, set_owner};
 use super::{Error, Result};
 
 /// Mode of the runtime directory and of `qmp/`.
 pub const MODE: u32 = 0o750;
+
+/// Opens `/run/machina`, creating it if needed, mode 0755 whatever the
+/// umask (QEMU, as the VM's uid, must be able to pass through it to its
+/// own sockets; systemd's `UMask=0077` would otherwise make it 0700). A
+/// root-owned one that others cannot search is set back to 0755.
+pub fn open_root() -> Result<OwnedFd> {
+    let path = Path::new(crate::plan::RUNTIME_ROOT);
+    let fd = super::fs::ensure_dir(path, 0o755)?;
+    let st = fstat(&fd, path)?;
+    if st.st_mode & 0o055 != 0o055 {
+        super::fs::fchmod(&fd, 0o755, path)?;
+    }
+    Ok(fd)
+}
+
+/// Opens the lock directory `/run/machina/.lock`, creating it (0755).
+pub fn open_lock_dir() -> Result<OwnedFd> {
+    open_root()?;
+    super::fs::ensure_dir(Path::new(crate::plan::LOCK_DIR), 0o755)
+}
 
 /// One directory made (or taken over) for the VM.
 #[derive(Debug)]
@@ -95,22 +115,10 @@ impl Drop for RuntimeDir {
 /// way it is root-owned 0700 afterwards.
 fn make(parent: &OwnedFd, name: &Path, path: PathBuf) -> Result<Made> {
     let cname = cstr(name)?;
-    // SAFETY: mkdirat relative to an fd we hold.
-    let created = unsafe { libc::mkdirat(parent.as_raw_fd(), cname.as_ptr(), 0o700) } == 0;
-    if !created {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(Error::io("mkdir", &path, err));
-        }
-    }
+    let created = mkdir_at(parent, &cname, 0o700, &path)?;
     // O_PATH: an existing VM-owned 0750 directory cannot be opened for
     // reading before it is taken back.
-    let fd = match openat_nofollow(
-        parent.as_raw_fd(),
-        name,
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    ) {
+    let fd = match openat_nofollow(parent.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0) {
         Ok(fd) => fd,
         Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => {
             return Err(Error::WrongType {
@@ -144,10 +152,7 @@ fn make(parent: &OwnedFd, name: &Path, path: PathBuf) -> Result<Made> {
 }
 
 fn set_owner_mode(fd: &OwnedFd, path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    // SAFETY: fchownat with AT_EMPTY_PATH acts on the (O_PATH) fd itself.
-    if unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
-        return Err(Error::last("chown", path));
-    }
+    set_owner(fd, Some(uid), Some(gid), path)?;
     set_mode(fd, mode, path)
 }
 

@@ -5,102 +5,40 @@
 //! The undo of a TAP is closing its fds, which the kernel turns into the
 //! removal of the interface (and of its bridge port).
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use super::sys::{self, IfReq, IfReqIoctl};
 use super::{Error, Result};
 use crate::plan;
 
-const TUN_PATH: &str = "/dev/net/tun\0";
-const VHOST_PATH: &str = "/dev/vhost-net\0";
-/// `SIOCBRADDIF` from `<linux/sockios.h>`.
-const SIOCBRADDIF: libc::c_ulong = 0x89a2;
-
-/// `struct ifreq` with the members used here.
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    /// The union: `ifr_flags` (short) or `ifr_ifindex` (int) at its start.
-    data: [u8; 24],
-}
-
-impl IfReq {
-    fn new(name: &str) -> IfReq {
-        let mut r = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            data: [0; 24],
-        };
-        // Interface names are validated to at most 15 bytes.
-        let n = name.len().min(libc::IFNAMSIZ - 1);
-        r.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        r
-    }
-    fn set_short(&mut self, v: i16) {
-        self.data[..2].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn short(&self) -> i16 {
-        i16::from_ne_bytes([self.data[0], self.data[1]])
-    }
-    fn set_int(&mut self, v: i32) {
-        self.data[..4].copy_from_slice(&v.to_ne_bytes());
-    }
-    fn name(&self) -> &[u8] {
-        let end = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.name.len());
-        &self.name[..end]
-    }
-}
+const TUN_PATH: &CStr = c"/dev/net/tun";
+const VHOST_PATH: &CStr = c"/dev/vhost-net";
 
 /// The index of interface `name` in the current network namespace.
 pub fn if_index(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
-
-/// `SIOCETHTOOL` and `ETHTOOL_GDRVINFO` from the kernel headers.
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
-const ETHTOOL_GDRVINFO: u32 = 0x3;
-
-/// `struct ethtool_drvinfo`.
-#[repr(C)]
-struct DrvInfo {
-    cmd: u32,
-    driver: [u8; 32],
-    rest: [u8; 160],
+    nix::net::if_::if_nametoindex(name).ok().filter(|&i| i != 0)
 }
 
 /// Whether interface `name` is a bridge: its ethtool driver is `bridge`
 /// (what `ethtool -i` shows). Asked before anything is created.
 pub fn is_bridge(name: &str) -> Result<bool> {
     let sock = ioctl_sock()?;
-    let mut info = DrvInfo {
-        cmd: ETHTOOL_GDRVINFO,
-        driver: [0; 32],
-        rest: [0; 160],
+    let driver = match sys::ethtool_driver(&sock, name) {
+        Ok(d) => d,
+        Err(err) => {
+            return match err.raw_os_error() {
+                // No ethtool driver info (e.g. loopback): not a bridge.
+                Some(libc::EOPNOTSUPP) => Ok(false),
+                Some(libc::ENODEV) => Err(Error::BridgeNotFound(name.to_owned())),
+                _ => Err(Error::Refused(format!("query interface {name:?}: {err}"))),
+            };
+        }
     };
-    let mut req = IfReq::new(name);
-    let ptr = (&mut info as *mut DrvInfo as usize).to_ne_bytes();
-    req.data[..ptr.len()].copy_from_slice(&ptr);
-    // SAFETY: SIOCETHTOOL reads the ifreq and writes the DrvInfo it points
-    // to, which outlives the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) } != 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            // No ethtool driver info (e.g. loopback): not a bridge.
-            Some(libc::EOPNOTSUPP) => Ok(false),
-            Some(libc::ENODEV) => Err(Error::BridgeNotFound(name.to_owned())),
-            _ => Err(Error::Refused(format!("query interface {name:?}: {err}"))),
-        };
-    }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-    Ok(&info.driver[..end] == b"bridge")
+    let end = driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(&driver[..end] == b"bridge")
 }
 
 /// The fds of one prepared TAP, paired with the numbers QEMU expects them
@@ -113,26 +51,30 @@ pub struct Tap {
     pub fds: Vec<(OwnedFd, i32)>,
 }
 
-fn open_dev(path: &str) -> io::Result<OwnedFd> {
-    // SAFETY: NUL-terminated constant path.
-    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn open_dev(path: &CStr) -> io::Result<OwnedFd> {
+    use nix::fcntl::{open, OFlag};
+    open(
+        path,
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)
 }
 
 fn ioctl_sock() -> Result<OwnedFd> {
-    // SAFETY: plain socket call.
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     // AF_UNIX: interface ioctls fall through to the device layer from any
     // socket family, and the unit allows only AF_UNIX and AF_NETLINK.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::last_sys("open control socket"));
-    }
-    // SAFETY: a new fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::Sys {
+        op: "open control socket",
+        source: e.into(),
+    })
 }
 
 /// Creates the TAP of `tap`, attaches it to its bridge and brings it up.
@@ -170,9 +112,7 @@ pub fn prepare(tap: &plan::Tap) -> Result<Tap> {
         let fd = open_dev(TUN_PATH).map_err(|e| Error::io("open", Path::new("/dev/net/tun"), e))?;
         let mut req = IfReq::new(ifname);
         req.set_short(flags as i16);
-        // SAFETY: TUNSETIFF reads and writes a struct ifreq.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } != 0 {
-            let err = io::Error::last_os_error();
+        if let Err(err) = sys::ifreq_ioctl(&fd, IfReqIoctl::TunSetIff, &mut req) {
             return Err(Error::Refused(format!("create TAP {ifname:?}: {err}")));
         }
         if req.name() != ifname.as_bytes() {
@@ -191,9 +131,7 @@ pub fn prepare(tap: &plan::Tap) -> Result<Tap> {
     let sock = ioctl_sock()?;
     let mut req = IfReq::new(bridge);
     req.set_int(tap_index as i32);
-    // SAFETY: SIOCBRADDIF reads a struct ifreq.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF as _, &mut req) } != 0 {
-        let err = io::Error::last_os_error();
+    if let Err(err) = sys::ifreq_ioctl(&sock, IfReqIoctl::BridgeAddIf, &mut req) {
         return Err(match err.raw_os_error() {
             Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Error::NotABridge(bridge.to_owned()),
             Some(libc::ENODEV) => Error::BridgeNotFound(bridge.to_owned()),
@@ -201,19 +139,12 @@ pub fn prepare(tap: &plan::Tap) -> Result<Tap> {
         });
     }
     let mut req = IfReq::new(ifname);
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write a struct ifreq.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } != 0 {
-        return Err(Error::Refused(format!(
-            "read flags of {ifname:?}: {}",
-            io::Error::last_os_error()
-        )));
+    if let Err(err) = sys::ifreq_ioctl(&sock, IfReqIoctl::GetFlags, &mut req) {
+        return Err(Error::Refused(format!("read flags of {ifname:?}: {err}")));
     }
     req.set_short(req.short() | libc::IFF_UP as i16);
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut req) } != 0 {
-        return Err(Error::Refused(format!(
-            "bring {ifname:?} up: {}",
-            io::Error::last_os_error()
-        )));
+    if let Err(err) = sys::ifreq_ioctl(&sock, IfReqIoctl::SetFlags, &mut req) {
+        return Err(Error::Refused(format!("bring {ifname:?} up: {err}")));
     }
     out.fds.extend(vhost);
     Ok(out)
@@ -236,16 +167,17 @@ pub fn remove_leftover(ifname: &str) -> Result<bool> {
         let fd = open_dev(TUN_PATH).map_err(|e| Error::io("open", Path::new("/dev/net/tun"), e))?;
         let mut req = IfReq::new(ifname);
         req.set_short(flags as i16);
-        // SAFETY: as in prepare.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut req) } == 0 {
-            // SAFETY: TUNSETPERSIST takes an int argument by value.
-            unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST as _, 0 as libc::c_ulong) };
-            drop(fd);
-            if if_index(ifname).is_none() {
-                return Ok(true);
+        match sys::ifreq_ioctl(&fd, IfReqIoctl::TunSetIff, &mut req) {
+            Ok(()) => {
+                let _ = sys::tun_set_persist(&fd, false);
+                drop(fd);
+                if if_index(ifname).is_none() {
+                    return Ok(true);
+                }
+                last = Some(io::Error::from(io::ErrorKind::ResourceBusy));
             }
+            Err(e) => last = Some(e),
         }
-        last = Some(io::Error::last_os_error());
         if let Some(e) = &last {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 break;

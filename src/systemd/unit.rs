@@ -29,9 +29,10 @@
 //!   `CAP_DAC_OVERRIDE`, can no longer create entries in it.
 //! - Write only to the runtime directory, the plan's grants, `/dev` nodes
 //!   bound in and the mdev parents' sysfs directories: the rest of the
-//!   file system is read-only. Locks: a per-VM lock inside the runtime
-//!   directory; a host-wide lock by `flock(2)` on an fd opened read-only
-//!   (e.g. the directory `/run/machina`), which needs no write access.
+//!   file system is read-only. Locks: the per-VM lock directory
+//!   `/run/machina/.lock/vm.<vm>` is a second `RuntimeDirectory=`; the
+//!   host-wide mdev lock is `flock(2)` on the directory `/run/machina/.lock`
+//!   opened read-only, which needs no write access.
 //! - Raise nothing above the unit's limits: `RLIMIT_MEMLOCK` is already set
 //!   to the plan's `memlock` by `LimitMEMLOCK=` (setting the same value
 //!   again is allowed; raising the hard limit is not, there is no
@@ -470,7 +471,16 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     // systemd creates /run/machina/<vm> (writable under ProtectSystem=strict)
     // and removes it when the unit stops. It re-chowns it to root before
     // every Exec line, so the launcher sets the VM's ownership itself.
-    line(&format!("RuntimeDirectory=machina/{vm}"));
+    // The VM's lock (a root-only directory under /run/machina/.lock, where
+    // no VM name reaches) is one too: /run is read-only here.
+    line(&format!(
+        "RuntimeDirectory=machina/{vm} {}",
+        crate::plan::Lock::Vm(&plan.machine)
+            .path()
+            .strip_prefix("/run")
+            .expect("locks live in /run")
+            .display()
+    ));
     line("RuntimeDirectoryMode=0750");
     line("RuntimeDirectoryPreserve=no");
     line("UMask=0077");
@@ -633,7 +643,6 @@ mod tests {
             uuid: uuid::Uuid::nil(),
             uid: 70001,
             gid: 70001,
-            runtime_dir: "/run/machina/vm1".into(),
             taps: vec![],
             mdevs: vec![],
             grants: vec![],
@@ -665,7 +674,10 @@ mod tests {
         );
         assert_eq!(lines(&u, "ExecStopPost"), ["/usr/bin/machina teardown vm1"]);
         assert_eq!(lines(&u, "TimeoutStopSec"), ["1m30s"]);
-        assert_eq!(lines(&u, "RuntimeDirectory"), ["machina/vm1"]);
+        assert_eq!(
+            lines(&u, "RuntimeDirectory"),
+            ["machina/vm1 machina/.lock/vm.vm1"]
+        );
         assert_eq!(
             lines(&u, "CapabilityBoundingSet"),
             ["CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP"]

@@ -16,28 +16,62 @@ use machina::plan::{Access, Grant, Plan, QemuExec, Tap, PLAN_VERSION};
 
 use super::netns::{unique, NetNs};
 
-/// A root-owned temporary directory (mode 0755) with `run/` (the runtime
-/// root), `plans/` and `disks/`; removed on drop.
+/// A root-owned temporary directory (mode 0755) with `plans/` and
+/// `disks/`, removed on drop, and the VMs made in it: their runtime
+/// directories are the real `/run/machina/<vm>` (the launcher derives them),
+/// so each VM name carries a per-sandbox tag, and drop removes what is left
+/// of them there.
 pub struct Sandbox {
     /// Its path.
     pub dir: PathBuf,
+    tag: String,
+    vms: std::sync::Mutex<Vec<String>>,
 }
 
 impl Sandbox {
     /// Creates the sandbox.
     pub fn new() -> Sandbox {
-        let dir = PathBuf::from(format!("/tmp/machina-t-{}", unique()));
-        for sub in ["", "run", "plans", "disks"] {
+        let tag = unique();
+        let dir = PathBuf::from(format!("/tmp/machina-t-{tag}"));
+        for sub in ["", "plans", "disks"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Sandbox { dir }
+        Sandbox {
+            dir,
+            tag,
+            vms: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
-    /// The runtime root (`/run/machina` in production).
-    pub fn run_root(&self) -> PathBuf {
-        self.dir.join("run")
+    /// The unique VM name for `base` in this sandbox (`<base>-t<tag>`).
+    pub fn vm_name(&self, base: &str) -> String {
+        let name = format!("{base}-t{}", self.tag);
+        let mut vms = self.vms.lock().unwrap();
+        if !vms.contains(&name) {
+            vms.push(name.clone());
+        }
+        name
+    }
+
+    /// What exists of this sandbox's VMs under `/run/machina`: their
+    /// runtime directories (with contents) and lock directories.
+    pub fn leftovers(&self) -> Vec<(PathBuf, u32, u32, u32)> {
+        let mut out = Vec::new();
+        for vm in self.vms.lock().unwrap().iter() {
+            let name = MachineName::new(vm.as_str()).unwrap();
+            for p in [
+                Path::new(machina::plan::RUNTIME_ROOT).join(vm),
+                machina::plan::Lock::Vm(&name).path(),
+            ] {
+                if let Ok(md) = std::fs::symlink_metadata(&p) {
+                    out.push((p.clone(), md.uid(), md.gid(), md.mode()));
+                    out.extend(tree(&p));
+                }
+            }
+        }
+        out
     }
 
     /// A raw disk image of `size` bytes, root:root 0600.
@@ -64,16 +98,26 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        for vm in self.vms.lock().unwrap().iter() {
+            let name = MachineName::new(vm.as_str()).unwrap();
+            let _ = std::fs::remove_dir_all(Path::new(machina::plan::RUNTIME_ROOT).join(vm));
+            let _ = std::fs::remove_dir(machina::plan::Lock::Vm(&name).path());
+        }
     }
 }
 
-/// A uid:gid for a test VM, unique per process and call, far from any real
-/// account.
+/// A uid:gid for a test VM, unique per process and call, inside the VM id
+/// range (65536–524287) the launcher accepts, and named by no account.
 pub fn test_id() -> u32 {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    1_500_000_000
-        + (std::process::id() % 100_000) * 100
-        + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    loop {
+        let id = 300_000
+            + (std::process::id() % 2_000) * 100
+            + N.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 100;
+        if machina::identity::check_vm_id(id, "-").is_ok() {
+            return id;
+        }
+    }
 }
 
 /// A one-queue TAP on `br0` at fd 3 (`vhost` adds a vhost fd at 4).
@@ -98,14 +142,20 @@ pub fn rw(path: &Path) -> Grant {
 
 /// The QMP socket of a plan.
 pub fn qmp_socket(plan: &Plan) -> PathBuf {
-    plan.runtime_dir.join("qmp/command.0.qmp.socket")
+    plan.runtime_dir().join("qmp/command.0.qmp.socket")
+}
+
+/// The VM's lock directory.
+pub fn lock_path(plan: &Plan) -> PathBuf {
+    machina::plan::Lock::Vm(&plan.machine).path()
 }
 
 /// A paused q35 VM with QMP, one NIC per TAP (fds from the plan) and a
-/// virtio disk per read-write grant.
+/// virtio disk per read-write grant. The VM is named `sb.vm_name(name)`.
 pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<Grant>) -> Plan {
     let id = test_id();
-    let runtime_dir = sb.run_root().join(name);
+    let name = sb.vm_name(name);
+    let runtime_dir = Path::new(machina::plan::RUNTIME_ROOT).join(&name);
     let mut args: Vec<String> = super::qemu::PAUSED_VM
         .iter()
         .map(|s| s.to_string())
@@ -161,7 +211,6 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         uuid: uuid::Uuid::new_v4(),
         uid: id,
         gid: id,
-        runtime_dir,
         taps,
         mdevs: vec![],
         grants,
@@ -501,8 +550,18 @@ impl FakeSysfs {
                 unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
                 let in_type = t.join("devices").join(uuid);
                 let in_bus = root.join("sys/bus/mdev/devices").join(uuid);
-                std::os::unix::fs::symlink(&dev, &in_type).unwrap();
-                std::os::unix::fs::symlink(&dev, &in_bus).unwrap();
+                // Relative links, as the kernel's: the launcher resolves
+                // sysfs paths beneath the root and refuses absolute links.
+                std::os::unix::fs::symlink(
+                    format!("../../../../../../../devices/virtual/mdev/{uuid}"),
+                    &in_type,
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(
+                    format!("../../../devices/virtual/mdev/{uuid}"),
+                    &in_bus,
+                )
+                .unwrap();
                 let dev2 = dev.clone();
                 serve(&served, dev.join("remove"), move |msg| {
                     if msg != "1" {
@@ -560,7 +619,7 @@ impl HostState {
     pub fn take(ns: &NetNs, sb: &Sandbox, files: &[&Path]) -> HostState {
         HostState {
             links: ns.links(),
-            run: tree(&sb.run_root()),
+            run: sb.leftovers(),
             files: files.iter().map(|f| file_state(f)).collect(),
             host: tree(&sb.dir.join("host")),
         }

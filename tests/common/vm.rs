@@ -117,7 +117,7 @@ impl Setup {
             .spawn()
             .unwrap();
         let mut q = super::launch::Qemu { child, stderr };
-        let sock = plan.runtime_dir.join("qmp/command.0.qmp.socket");
+        let sock = plan.runtime_dir().join("qmp/command.0.qmp.socket");
         drop(super::launch::qmp_connect(&mut q, &sock));
         (plan, q)
     }
