@@ -356,7 +356,7 @@ fn deb_installs_runs_a_vm_upgrades_under_it_and_purges() {
     // The configuration has no direct kernel boot: add the test guest to
     // the plan (and so to the unit's paths), so that stop is an orderly
     // guest shutdown.
-    let console = plan.runtime_dir.join("console.log");
+    let console = plan.runtime_dir().join("console.log");
     plan.qemu.args.extend([
         "-kernel".into(),
         format!("{GUEST}/vmlinuz"),
