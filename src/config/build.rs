@@ -475,13 +475,15 @@ fn resolve_group(
     // machina runs QEMU as it, so a system id is refused where it would be
     // used (gen, launch) and only reported by args, cat and check.
     let refused = gid.and_then(|id| {
-        let bad = id < 1000 || id == 65534 || id == 65535 || id >= 1 << 31;
-        bad.then(|| {
-            (
-                field_origin(defs, "privileges.filesystem.group.id", |d| d.privileges.filesystem.group.id != 0),
-                format!("group id {id} is a system, special or out-of-range id, and machina runs the VM's QEMU as this uid/gid (the Go program never applied it); remove the key to get a derived id from \"id-range\", or set an unused id of 1000 or more"),
-            )
-        })
+        let what = match crate::identity::check_vm_id_range(id) {
+            Ok(()) => return None,
+            Err(crate::identity::VmIdError::Reserved { what, .. }) => what,
+            Err(_) => "not allowed",
+        };
+        Some((
+            field_origin(defs, "privileges.filesystem.group.id", |d| d.privileges.filesystem.group.id != 0),
+            format!("group id {id} is {what}, and machina runs the VM's QEMU as this uid/gid (the Go program never applied it); remove the key to get a derived id from \"id-range\", or set an unused id in 1000–60000 or 65536–524287"),
+        ))
     });
     Ok(FsGroup {
         name: gname,
