@@ -47,7 +47,7 @@ fn shutdown_of_a_guest_that_ignores_acpi_ends_with_quit() {
         "{stdout}"
     );
     assert!(
-        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(30),
         "{elapsed:?}"
     );
     let st = q.child.wait().unwrap();
@@ -130,24 +130,32 @@ fn observe_reports_events_caused_by_another_client() {
     let mut observer = Command::new(common::bin("machina"))
         .arg("--config-dir")
         .arg(s.dir.join("config"))
-        .args(["observe", "--json", &s.vm])
+        .args(["observe", &s.vm])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The observer holds command.0; this client takes command.1.
+    // The observer holds command.0 once it printed its greeting line; this
+    // client then takes command.1.
     let mut lines = BufReader::new(observer.stdout.take().unwrap()).lines();
-    std::thread::sleep(Duration::from_millis(300));
+    let first = lines.next().expect("observer output").unwrap();
+    assert!(
+        first.starts_with(&format!("Connected to {} (qemu ", s.vm)),
+        "{first}"
+    );
     let mut r = l::qmp_connect(&mut q, &plan.runtime_dir.join("qmp/command.1.qmp.socket"));
     l::qmp(&mut r, r#"{"execute":"stop"}"#);
     l::qmp(&mut r, r#"{"execute":"cont"}"#);
     l::qmp(&mut r, r#"{"execute":"quit"}"#);
     let mut seen = Vec::new();
+    let prefix = format!("{}: ", s.vm);
     for line in lines.by_ref() {
-        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        assert_eq!(v["vm"], s.vm.as_str());
-        seen.push(v["event"].as_str().unwrap().to_owned());
+        let line = line.unwrap();
+        let rest = line
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{line}"));
+        seen.push(rest.split(':').next().unwrap().to_owned());
     }
     let st = observer.wait().unwrap();
     assert!(st.success(), "observe exits 0 when the socket closes: {st}");
@@ -246,7 +254,8 @@ fn orderly_shutdown_seen_from_inside_a_real_guest() {
     );
     assert!(!stdout.contains("Timeout expired"), "{stdout}");
     assert!(stdout.contains("Shutdown complete."), "{stdout}");
-    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    // Well under the 60 s timeout (no "Timeout expired" above).
+    assert!(elapsed < Duration::from_secs(55), "{elapsed:?}");
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(log.contains(common::guest::POWER_BUTTON_MARKER), "{log}");
     assert!(q.child.wait().unwrap().success());

@@ -30,6 +30,7 @@ mod client;
 mod codec;
 mod error;
 mod ops;
+mod socket;
 
 pub use client::{Client, Options};
 pub use codec::{
@@ -40,3 +41,4 @@ pub use ops::{
     format_connected, format_event, format_event_json, observe, ping, pretty_tabs, query, shutdown,
     Query, ShutdownOptions, ShutdownOutcome,
 };
+pub use socket::PeerIdentity;

@@ -62,6 +62,25 @@ impl Drop for TempDir {
     }
 }
 
+/// Connects to `sock` and reads QMP's greeting (then hangs up, which frees
+/// the socket for the next client). Fails while QEMU does not listen yet.
+pub fn greeting(sock: &Path, deadline: Instant) -> Result<(), String> {
+    use std::io::BufRead;
+    let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| e.to_string())?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.contains("\"QMP\"") {
+        Ok(())
+    } else {
+        Err(format!("not a QMP greeting: {line:?}"))
+    }
+}
+
 /// A running paused QEMU.
 pub struct Qemu {
     child: Option<Child>,
@@ -73,8 +92,8 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Starts QEMU with `sockets` QMP monitors and waits until every socket
-    /// exists. Fails with QEMU's stderr if it exits first.
+    /// Starts QEMU with `sockets` QMP monitors and waits until every one
+    /// greets. Fails with QEMU's stderr if it exits first.
     pub fn start(binary: &Path, sockets: usize) -> Result<Qemu, String> {
         Qemu::start_with(binary, sockets, &[])
     }
@@ -110,18 +129,28 @@ impl Qemu {
             sockets: paths,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !q.sockets.iter().all(|p| p.exists()) {
-            if let Some(child) = q.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    return Err(format!("QEMU exited early ({status}): {err}"));
+        // Ready means every monitor greets: QEMU creates the socket file
+        // at bind() and listens later, so the file alone proves nothing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for sock in q.sockets.clone() {
+            loop {
+                if let Some(child) = q.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                        return Err(format!("QEMU exited early ({status}): {err}"));
+                    }
+                }
+                match greeting(&sock, deadline) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(format!(
+                            "no QMP greeting on {} within 30 s: {e}",
+                            sock.display()
+                        ))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-            if Instant::now() > deadline {
-                return Err("QEMU did not create its QMP sockets within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(q)
     }
