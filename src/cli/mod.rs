@@ -348,8 +348,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             wait,
             timeout,
             machines,
-        } => return qmp::shutdown(&machines, system, wait, timeout),
-        Command::Observe { json, machines } => return qmp::observe(&machines, json),
+        } => return qmp::shutdown(&cli.plan_dir, &machines, system, wait, timeout),
+        Command::Observe { json, machines } => return qmp::observe(&cli.plan_dir, &machines, json),
         Command::Query {
             what,
             json,
@@ -359,7 +359,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 QueryKind::Pci => crate::qmp::Query::Pci,
                 QueryKind::Cpu => crate::qmp::Query::Cpus,
             };
-            return qmp::query(&machines, what, json);
+            return qmp::query(&cli.plan_dir, &machines, what, json);
         }
         Command::GenId => writeln!(out, "{}", uuid::Uuid::new_v4())?,
         Command::GenMac => writeln!(out, "{}", crate::identity::random_mac())?,

@@ -38,7 +38,7 @@ pub use codec::{
 };
 pub use error::QmpError;
 pub use ops::{
-    format_connected, format_event, format_event_json, observe, ping, pretty_tabs, query, shutdown,
-    Query, ShutdownOptions, ShutdownOutcome,
+    format_connected, format_event, format_event_json, observe, ping, ping_with, pretty_tabs,
+    query, shutdown, Query, ShutdownOptions, ShutdownOutcome,
 };
 pub use socket::PeerIdentity;
