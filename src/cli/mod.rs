@@ -7,6 +7,7 @@
 mod generate;
 mod host;
 mod qmp;
+mod run;
 mod summary;
 mod units;
 
@@ -135,6 +136,9 @@ enum Command {
     },
     /// Runs a virtual machine in the foreground through the launcher, without systemd.
     Run {
+        /// After Ctrl-C or SIGTERM, send QUIT if the machine has not stopped after this long (default 1m25s, as the unit's ExecStop).
+        #[arg(long, value_name = "DURATION", value_parser = qmp::parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// The machine.
         machine: String,
     },
@@ -341,7 +345,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Dissolve { machines } => {
             return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
         }
-        Command::Run { machine } => return host::run(&dir, &cli.plan_dir, &machine),
+        Command::Run { machine, timeout } => {
+            return run::run(&dir, &cli.plan_dir, &machine, timeout)
+        }
         Command::Teardown { machines } => return host::teardown(&cli.plan_dir, &machines),
         Command::Shutdown {
             system,
