@@ -162,11 +162,18 @@ pub fn shutdown(
 ) -> Result<i32, CliError> {
     let machines = machine_names(names)?;
     let rt = runtime()?;
-    let opts = ShutdownOptions {
+    let mut opts = ShutdownOptions {
         wait,
         timeout,
         ..ShutdownOptions::default()
     };
+    if system {
+        // One socket, reserved for this: nothing to fall back to, so a
+        // slow greeting on a loaded host is waited for rather than failing
+        // ExecStop (systemd would then kill QEMU without a guest shutdown).
+        opts.client.connect_timeout = Duration::from_secs(5);
+        opts.client.greeting_timeout = Duration::from_secs(5);
+    }
     let results = rt.block_on(async {
         let tasks = machines.iter().map(|m| {
             let opts = opts.clone();
