@@ -149,6 +149,8 @@ fn observe_reports_events_caused_by_another_client() {
     let mut observer = Command::new(common::bin("machina"))
         .arg("--config-dir")
         .arg(s.dir.join("config"))
+        .arg("--plan-dir")
+        .arg(s.dir.join("root/etc/machina/launch"))
         .args(["observe", &s.vm])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -158,7 +160,11 @@ fn observe_reports_events_caused_by_another_client() {
     // The observer holds command.0 once it printed its greeting line; this
     // client then takes command.1.
     let mut lines = BufReader::new(observer.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("observer output").unwrap();
+    let Some(Ok(first)) = lines.next() else {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut observer.stderr.take().unwrap(), &mut err);
+        panic!("observe printed nothing: {err}");
+    };
     assert!(
         first.starts_with(&format!("Connected to {} (qemu ", s.vm)),
         "{first}"

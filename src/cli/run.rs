@@ -187,14 +187,14 @@ pub fn run(
     let status = match result {
         LaunchResult::Undone => {
             // Nothing of this launch is left and nothing else is touched:
-            // a VM that already runs keeps running.
-            let _ = old_mask.thread_set_mask();
+            // a VM that already runs keeps running. Signals stay blocked:
+            // there is nothing to stop, and this process ends now.
             let _ = wait_child(child);
             finish(relays);
             return Ok(EXIT_FAILURE);
         }
         LaunchResult::FailedAfterDrop => {
-            let _ = old_mask.thread_set_mask();
+            // Signals stay blocked so that the teardown completes.
             let _ = wait_child(child);
             finish(relays);
             let _ = tear_down(&plan);
@@ -319,7 +319,7 @@ fn supervise(
         let qmp_dir = format!("{RUNTIME_ROOT}/{name}/qmp");
         let ready = async {
             if target.sockets.is_empty() {
-                return None;
+                return Ok(None);
             }
             let opts = Options {
                 connect_timeout: Duration::from_secs(60),
@@ -327,11 +327,17 @@ fn supervise(
                 peer: target.peer,
                 ..Options::default()
             };
-            Client::connect_any(&target.sockets, &opts).await.ok().map(|(_, g)| g)
+            Client::connect_any(&target.sockets, &opts)
+                .await
+                .map(|(_, g)| Some(g))
         };
-        tokio::select! {
-            g = ready => {
-                let qemu = g.map(|g| format!(", qemu {}.{}.{}", g.qemu.major, g.qemu.minor, g.qemu.micro)).unwrap_or_default();
+        let mut ready: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _>>>> =
+            Some(Box::pin(ready));
+        let announce = |g: Result<Option<qmpc::Greeting>, qmpc::QmpError>| match g {
+            Ok(g) => {
+                let qemu = g
+                    .map(|g| format!(", qemu {}.{}.{}", g.qemu.major, g.qemu.minor, g.qemu.micro))
+                    .unwrap_or_default();
                 say(&format!("{name} is running (QEMU pid {child}{qemu})"));
                 if target.sockets.is_empty() {
                     say(&format!("{name}: QMP: disabled; console: {console}"));
@@ -344,9 +350,8 @@ fn supervise(
                     "{name}: Ctrl-C or SIGTERM shuts it down (ACPI, quit after {timeout:?}); a second Ctrl-C quits at once"
                 ));
             }
-            st = &mut exited => return st.ok().and_then(Result::ok).ok_or(()),
-        }
-
+            Err(e) => say(&format!("{name}: QEMU (pid {child}) runs, but QMP does not answer: {e}")),
+        };
         let mut shutdown: Option<PendingShutdown> = None;
         let mut signals = 0u32;
         loop {
@@ -355,6 +360,11 @@ fn supervise(
                 _ = next(&mut int) => "SIGINT",
                 _ = next(&mut term) => "SIGTERM",
                 _ = next(&mut hup) => "SIGHUP",
+                g = async { match ready.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                    ready = None;
+                    announce(g);
+                    continue;
+                }
                 r = async { match shutdown.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                     shutdown = None;
                     if let Err(e) = r {
