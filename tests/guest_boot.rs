@@ -108,7 +108,16 @@ struct Qmp {
 
 impl Qmp {
     fn connect(path: &Path) -> Qmp {
-        let stream = UnixStream::connect(path).expect("connect to the QMP socket");
+        // The guest printed on the console, so QEMU is up; still, a socket
+        // that is not listening yet is "not yet", not a failure.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("connect to the QMP socket: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
         stream
             .set_read_timeout(Some(POWERDOWN_TIMEOUT))
             .expect("set QMP read timeout");

@@ -47,25 +47,44 @@ fn shutdown_of_a_guest_that_ignores_acpi_ends_with_quit() {
         "{stdout}"
     );
     assert!(
-        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(30),
         "{elapsed:?}"
     );
     let st = q.child.wait().unwrap();
     assert!(st.code().is_some(), "QEMU ended by itself after quit: {st}");
     std::mem::forget(q);
-    // Nothing to shut down now: asked only to press the button, that is an
-    // honest failure, one line…
-    let out = s.machina(&["shutdown", &s.vm]);
-    let (_, stderr) = text(&out);
+    // Nothing to shut down now: a stopped VM is already shut down (issue 8
+    // item 3), with or without waiting (ExecStop after QEMU ended by
+    // itself)…
+    let not_running = format!("{} is not running", s.vm);
+    for args in [
+        &["shutdown"][..],
+        &["shutdown", "--system", "--timeout", "5s"],
+    ] {
+        let mut args = args.to_vec();
+        args.push(&s.vm);
+        let out = s.machina(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+        assert_eq!(stdout.trim(), not_running, "{args:?}: {stderr}");
+    }
+    // …while query and observe fail with one line saying so.
+    for args in [&["query", "pci"][..], &["observe"]] {
+        let mut args = args.to_vec();
+        args.push(&s.vm);
+        let out = s.machina(&args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert_eq!(stderr.trim(), format!("machina: {not_running}"), "{args:?}");
+    }
+    // Once torn down (no runtime directory), the same without waiting.
+    let out = s.machina(&["teardown", &s.vm]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let t = Instant::now();
+    let out = s.machina(&["query", "cpu", &s.vm]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains(&s.vm));
-    // …but asked to wait until it is down (ExecStop after QEMU ended by
-    // itself), it already is.
-    let out = s.machina(&["shutdown", "--system", "--timeout", "5s", &s.vm]);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("Not running."), "{stdout}");
+    assert_eq!(text(&out).1.trim(), format!("machina: {not_running}"));
+    assert!(t.elapsed() < Duration::from_secs(5));
 }
 
 #[test]
@@ -130,24 +149,38 @@ fn observe_reports_events_caused_by_another_client() {
     let mut observer = Command::new(common::bin("machina"))
         .arg("--config-dir")
         .arg(s.dir.join("config"))
-        .args(["observe", "--json", &s.vm])
+        .arg("--plan-dir")
+        .arg(s.dir.join("root/etc/machina/launch"))
+        .args(["observe", &s.vm])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The observer holds command.0; this client takes command.1.
+    // The observer holds command.0 once it printed its greeting line; this
+    // client then takes command.1.
     let mut lines = BufReader::new(observer.stdout.take().unwrap()).lines();
-    std::thread::sleep(Duration::from_millis(300));
+    let Some(Ok(first)) = lines.next() else {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut observer.stderr.take().unwrap(), &mut err);
+        panic!("observe printed nothing: {err}");
+    };
+    assert!(
+        first.starts_with(&format!("Connected to {} (qemu ", s.vm)),
+        "{first}"
+    );
     let mut r = l::qmp_connect(&mut q, &plan.runtime_dir().join("qmp/command.1.qmp.socket"));
     l::qmp(&mut r, r#"{"execute":"stop"}"#);
     l::qmp(&mut r, r#"{"execute":"cont"}"#);
     l::qmp(&mut r, r#"{"execute":"quit"}"#);
     let mut seen = Vec::new();
+    let prefix = format!("{}: ", s.vm);
     for line in lines.by_ref() {
-        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        assert_eq!(v["vm"], s.vm.as_str());
-        seen.push(v["event"].as_str().unwrap().to_owned());
+        let line = line.unwrap();
+        let rest = line
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{line}"));
+        seen.push(rest.split(':').next().unwrap().to_owned());
     }
     let st = observer.wait().unwrap();
     assert!(st.success(), "observe exits 0 when the socket closes: {st}");
@@ -246,7 +279,8 @@ fn orderly_shutdown_seen_from_inside_a_real_guest() {
     );
     assert!(!stdout.contains("Timeout expired"), "{stdout}");
     assert!(stdout.contains("Shutdown complete."), "{stdout}");
-    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    // Well under the 60 s timeout (no "Timeout expired" above).
+    assert!(elapsed < Duration::from_secs(55), "{elapsed:?}");
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     assert!(log.contains(common::guest::POWER_BUTTON_MARKER), "{log}");
     assert!(q.child.wait().unwrap().success());

@@ -141,10 +141,10 @@ async fn handshake_and_query() {
 }
 
 #[tokio::test]
-async fn missing_socket_fails_at_once() {
+async fn missing_directory_fails_at_once() {
     let dir = qemu::TempDir::new("qmpfake").unwrap();
     let start = Instant::now();
-    let err = Client::connect(&dir.path().join("nope.sock"), &short())
+    let err = Client::connect(&dir.path().join("gone/nope.sock"), &short())
         .await
         .unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }), "{err}");
@@ -153,6 +153,164 @@ async fn missing_socket_fails_at_once() {
     assert_within(start, Duration::from_millis(100));
     let err = Client::connect_any(&[], &short()).await.unwrap_err();
     assert!(matches!(err, QmpError::NoSockets));
+}
+
+#[tokio::test]
+async fn missing_socket_is_waited_for_until_the_connect_timeout() {
+    let dir = qemu::TempDir::new("qmpfake").unwrap();
+    let start = Instant::now();
+    let err = Client::connect(&dir.path().join("nope.sock"), &short())
+        .await
+        .unwrap_err();
+    assert!(err.is_not_running(), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(250), "{err}");
+    assert_within(start, Duration::from_secs(5));
+}
+
+/// A server that behaves like QEMU starting up: the socket file exists
+/// (bound) `listen_after` before it listens, then it greets one client.
+fn slow_listener(
+    path: PathBuf,
+    create_after: Duration,
+    listen_after: Duration,
+) -> std::thread::JoinHandle<()> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    std::thread::spawn(move || {
+        std::thread::sleep(create_after);
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        std::thread::sleep(listen_after);
+        listen(&fd, Backlog::new(4).unwrap()).unwrap();
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        let (mut s, _) = listener.accept().unwrap();
+        use std::io::{BufRead, Write};
+        writeln!(s, "{GREETING}").unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        writeln!(s, r#"{{"return": {{}}}}"#).unwrap();
+        line.clear();
+        let _ = r.read_line(&mut line);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_not_listening_yet_is_not_yet() {
+    // Issue 8 item 4: QEMU creates the file at bind() and listens later;
+    // ECONNREFUSED (and ENOENT) then mean "not yet" within the timeout.
+    let dir = qemu::TempDir::new("qmpfake").unwrap();
+    let path = dir.path().join("qmp.sock");
+    let server = slow_listener(
+        path.clone(),
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+    );
+    let opts = Options {
+        connect_timeout: Duration::from_secs(20),
+        greeting_timeout: Duration::from_secs(20),
+        ..Options::default()
+    };
+    let start = Instant::now();
+    let (client, greeting) = Client::connect(&path, &opts).await.unwrap();
+    assert_eq!(greeting.qemu.package, "fake");
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    drop(client);
+    server.join().unwrap();
+}
+
+#[tokio::test]
+async fn a_socket_that_never_listens_is_not_running() {
+    let dir = qemu::TempDir::new("qmpfake").unwrap();
+    let path = dir.path().join("qmp.sock");
+    let _bound = {
+        use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        fd
+    };
+    let start = Instant::now();
+    let err = Client::connect(&path, &short()).await.unwrap_err();
+    assert!(err.is_not_running(), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(250), "{err}");
+    assert_within(start, Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_symlinked_socket_or_directory_is_refused() {
+    let f = fake(|mut c| async move {
+        c.handshake().await;
+        c.recv().await;
+    });
+    let dir = qemu::TempDir::new("qmpfake").unwrap();
+    let link = dir.path().join("qmp.sock");
+    std::os::unix::fs::symlink(&f.path, &link).unwrap();
+    let err = Client::connect(&link, &short()).await.unwrap_err();
+    assert!(matches!(err, QmpError::UnsafeSocket { .. }), "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    let linked_dir = dir.path().join("qmp");
+    std::os::unix::fs::symlink(f.path.parent().unwrap(), &linked_dir).unwrap();
+    let err = Client::connect(&linked_dir.join("qmp.sock"), &short())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QmpError::UnsafeSocket { .. }), "{err}");
+    // The real path still works.
+    Client::connect(&f.path, &short()).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_peer_must_have_the_expected_uid_and_gid() {
+    let me = qmp::PeerIdentity {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let f = fake(|mut c| async move {
+        c.send(GREETING).await;
+        let _ = tx.send(c.recv().await);
+    });
+    let wrong = Options {
+        peer: Some(qmp::PeerIdentity {
+            uid: me.uid + 1,
+            ..me
+        }),
+        ..short()
+    };
+    let err = Client::connect(&f.path, &wrong).await.unwrap_err();
+    assert!(matches!(err, QmpError::WrongPeer { .. }), "{err}");
+    assert!(err.to_string().contains("not the VM's own"), "{err}");
+    // Refused before anything was sent: the server read end-of-stream.
+    assert_eq!(rx.await.unwrap(), None);
+    let f = fake(|mut c| async move {
+        c.handshake().await;
+        c.recv().await;
+    });
+    let right = Options {
+        peer: Some(me),
+        ..short()
+    };
+    Client::connect(&f.path, &right).await.unwrap();
 }
 
 #[tokio::test]

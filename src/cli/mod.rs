@@ -10,6 +10,7 @@ mod generate;
 mod host;
 mod manual;
 mod qmp;
+mod run;
 mod summary;
 mod units;
 
@@ -149,6 +150,9 @@ enum Command {
     },
     /// Runs a virtual machine in the foreground through the launcher, without systemd.
     Run {
+        /// After Ctrl-C or SIGTERM, send QUIT if the machine has not stopped after this long (default 1m25s, as the unit's ExecStop).
+        #[arg(long, value_name = "DURATION", value_parser = qmp::parse_duration)]
+        timeout: Option<std::time::Duration>,
         /// The machine.
         machine: String,
     },
@@ -420,7 +424,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Dissolve { machines } => {
             return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
         }
-        Command::Run { machine } => return host::run(&dir, &cli.plan_dir, &machine),
+        Command::Run { machine, timeout } => {
+            return run::run(&dir, &cli.plan_dir, &machine, timeout)
+        }
         Command::Teardown { force, machines } => {
             return host::teardown(&cli.plan_dir, &machines, force)
         }
@@ -429,8 +435,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             wait,
             timeout,
             machines,
-        } => return qmp::shutdown(&machines, system, wait, timeout),
-        Command::Observe { json, machines } => return qmp::observe(&machines, json),
+        } => return qmp::shutdown(&cli.plan_dir, &machines, system, wait, timeout),
+        Command::Observe { json, machines } => return qmp::observe(&cli.plan_dir, &machines, json),
         Command::Query {
             what,
             json,
@@ -440,7 +446,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 QueryKind::Pci => crate::qmp::Query::Pci,
                 QueryKind::Cpu => crate::qmp::Query::Cpus,
             };
-            return qmp::query(&machines, what, json);
+            return qmp::query(&cli.plan_dir, &machines, what, json);
         }
         Command::GenId => writeln!(out, "{}", uuid::Uuid::new_v4())?,
         Command::GenMac => writeln!(out, "{}", crate::identity::random_mac())?,

@@ -3,13 +3,14 @@
 //! and the exit code says whether each VM did what was asked (the Go
 //! program always exited 0).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{machine_names, CliError, EXIT_FAILURE};
+use crate::launcher;
 use crate::names::MachineName;
 use crate::plan::RUNTIME_ROOT;
-use crate::qmp::{self, Options, Query, ShutdownOptions, ShutdownOutcome};
+use crate::qmp::{self, Options, PeerIdentity, QmpError, Query, ShutdownOptions, ShutdownOutcome};
 
 /// The sockets a command uses: the one reserved for systemd, or the two
 /// command sockets (QEMU serves one client per socket, so the second is a
@@ -27,6 +28,77 @@ pub fn sockets(vm: &MachineName, system: bool) -> Vec<PathBuf> {
         .iter()
         .map(|n| dir.join(format!("{n}.qmp.socket")))
         .collect()
+}
+
+/// A VM as a QMP command reaches it: its sockets and who must serve them.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The VM.
+    pub name: MachineName,
+    /// Its sockets, in the order to try them ([`sockets`]).
+    pub sockets: Vec<PathBuf>,
+    /// The listener's required identity: the installed plan's uid and gid
+    /// (for root; see [`target`]).
+    pub peer: Option<PeerIdentity>,
+}
+
+/// Why a VM cannot be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReachError {
+    /// Its runtime directory has no `qmp/`: QEMU is not running (the
+    /// launcher makes it before QEMU starts; teardown removes it).
+    #[error("{0} is not running")]
+    NotRunning(MachineName),
+    /// The installed plan, which says whose sockets they are, is unusable.
+    #[error("{name}: cannot check who serves its QMP sockets: {reason}")]
+    NoPlan {
+        /// The VM.
+        name: MachineName,
+        /// What is wrong with the plan.
+        reason: String,
+    },
+}
+
+/// The sockets of `vm` and the identity their listener must have.
+///
+/// As root, every connection checks its peer (`SO_PEERCRED`) against the uid
+/// and gid of the VM's installed plan (`<plan_dir>/<vm>.json`, read with the
+/// launcher's checks): the VM owns its `qmp/` directory, so whatever is
+/// found there is only trusted if the VM's own QEMU serves it. Without root,
+/// nothing is gained by tricking the caller, so no plan is needed.
+pub fn target(plan_dir: &Path, vm: &MachineName, system: bool) -> Result<Target, ReachError> {
+    let qmp_dir = PathBuf::from(format!("{RUNTIME_ROOT}/{vm}/qmp"));
+    if std::fs::symlink_metadata(&qmp_dir).is_err() {
+        return Err(ReachError::NotRunning(vm.clone()));
+    }
+    let peer = if nix::unistd::geteuid().is_root() {
+        let path = plan_dir.join(format!("{vm}.json"));
+        let plan = launcher::read_plan(&path, Some(vm)).map_err(|f| ReachError::NoPlan {
+            name: vm.clone(),
+            reason: f.to_string(),
+        })?;
+        Some(PeerIdentity {
+            uid: plan.uid,
+            gid: plan.gid,
+        })
+    } else {
+        None
+    };
+    Ok(Target {
+        name: vm.clone(),
+        sockets: sockets(vm, system),
+        peer,
+    })
+}
+
+/// The one line for a QMP failure of `vm`: "<vm> is not running" when no
+/// QEMU listens, else the error.
+fn failure(vm: &MachineName, what: &str, e: &QmpError) -> String {
+    if e.is_not_running() {
+        format!("{vm} is not running")
+    } else {
+        format!("{what} {vm}: {e}")
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -79,8 +151,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// `machina shutdown`.
+/// `machina shutdown`. A VM that is not running is already shut down:
+/// one line says so and it counts as success.
 pub fn shutdown(
+    plan_dir: &Path,
     names: &[String],
     system: bool,
     wait: bool,
@@ -88,27 +162,31 @@ pub fn shutdown(
 ) -> Result<i32, CliError> {
     let machines = machine_names(names)?;
     let rt = runtime()?;
-    let opts = ShutdownOptions {
+    let mut opts = ShutdownOptions {
         wait,
         timeout,
         ..ShutdownOptions::default()
     };
+    if system {
+        // One socket, reserved for this: nothing to fall back to, so a
+        // slow greeting on a loaded host is waited for rather than failing
+        // ExecStop (systemd would then kill QEMU without a guest shutdown).
+        opts.client.connect_timeout = Duration::from_secs(5);
+        opts.client.greeting_timeout = Duration::from_secs(5);
+    }
     let results = rt.block_on(async {
         let tasks = machines.iter().map(|m| {
             let opts = opts.clone();
             async move {
-                let socks = sockets(m, system);
-                let name = m.as_str();
-                let waiting = opts.wait || opts.timeout.is_some();
-                match qmp::shutdown(name, &socks, &opts, |line| println!("{line}")).await {
-                    // Asked to wait until the VM is down, and it is (as
-                    // when ExecStop runs after QEMU ended by itself).
-                    Err(e) if waiting && e.is_not_running() => {
-                        println!("{name}: Not running.");
-                        Ok(ShutdownOutcome::Completed { quit_sent: false })
+                let t = match target(plan_dir, m, system) {
+                    Ok(t) => t,
+                    Err(ReachError::NotRunning(_)) => {
+                        println!("{m} is not running");
+                        return Ok(ShutdownOutcome::Completed { quit_sent: false });
                     }
-                    r => r.map_err(|e| format!("{name}: Failed to shut down: {e}")),
-                }
+                    Err(e) => return Err(e.to_string()),
+                };
+                shutdown_target(&t, opts, |line| println!("{line}")).await
             }
         });
         tokio::select! {
@@ -133,19 +211,40 @@ pub fn shutdown(
     Ok(code)
 }
 
+/// Shuts `t` down over QMP (see [`qmp::shutdown`]) with its peer checked;
+/// a VM found not running counts as shut down. The error is one line.
+pub async fn shutdown_target(
+    t: &Target,
+    mut opts: ShutdownOptions,
+    report: impl FnMut(&str),
+) -> Result<ShutdownOutcome, String> {
+    opts.client.peer = t.peer;
+    let name = t.name.as_str();
+    match qmp::shutdown(name, &t.sockets, &opts, report).await {
+        Err(e) if e.is_not_running() => {
+            println!("{name} is not running");
+            Ok(ShutdownOutcome::Completed { quit_sent: false })
+        }
+        r => r.map_err(|e| format!("{name}: Failed to shut down: {e}")),
+    }
+}
+
 /// `machina observe`: streams events until every socket closes or Ctrl-C.
-pub fn observe(names: &[String], json: bool) -> Result<i32, CliError> {
+pub fn observe(plan_dir: &Path, names: &[String], json: bool) -> Result<i32, CliError> {
     let machines = machine_names(names)?;
     let rt = runtime()?;
     let results = rt.block_on(async {
         let tasks = machines.iter().map(|m| async move {
-            let socks = sockets(m, false);
-            let name = m.as_str();
-            qmp::observe(name, &socks, json, &Options::default(), |line| {
+            let t = target(plan_dir, m, false).map_err(|e| e.to_string())?;
+            let opts = Options {
+                peer: t.peer,
+                ..Options::default()
+            };
+            qmp::observe(m.as_str(), &t.sockets, json, &opts, |line| {
                 println!("{line}")
             })
             .await
-            .map_err(|e| format!("Failed to observe {name}: {e}"))
+            .map_err(|e| failure(m, "Failed to observe", &e))
         });
         tokio::select! {
             r = futures_join_all(tasks) => r,
@@ -163,13 +262,18 @@ pub fn observe(names: &[String], json: bool) -> Result<i32, CliError> {
 }
 
 /// `machina query pci|cpu`.
-pub fn query(names: &[String], what: Query, json: bool) -> Result<i32, CliError> {
+pub fn query(plan_dir: &Path, names: &[String], what: Query, json: bool) -> Result<i32, CliError> {
     let machines = machine_names(names)?;
     let rt = runtime()?;
     let results = rt.block_on(futures_join_all(machines.iter().map(|m| async move {
-        qmp::query(&sockets(m, false), what, &Options::default())
+        let t = target(plan_dir, m, false).map_err(|e| e.to_string())?;
+        let opts = Options {
+            peer: t.peer,
+            ..Options::default()
+        };
+        qmp::query(&t.sockets, what, &opts)
             .await
-            .map_err(|e| format!("Failed to query {m}: {e}"))
+            .map_err(|e| failure(m, "Failed to query", &e))
     })));
     let mut code = 0;
     for (m, r) in machines.iter().zip(results) {

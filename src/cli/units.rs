@@ -61,8 +61,20 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
         .ok();
     let pings: Vec<bool> = match &rt {
         Some(rt) => rt.block_on(super::qmp::futures_join_all(names.iter().map(|n| {
-            let socks = super::qmp::sockets(n, false);
-            async move { crate::qmp::ping(&socks, PING_LIMIT).await }
+            // Only a socket served by the VM's own QEMU counts as answering.
+            let target = super::qmp::target(plan_dir, n, false);
+            async move {
+                match target {
+                    Ok(t) => {
+                        let opts = crate::qmp::Options {
+                            peer: t.peer,
+                            ..crate::qmp::Options::with_timeout(PING_LIMIT)
+                        };
+                        crate::qmp::ping_with(&t.sockets, &opts).await
+                    }
+                    Err(_) => false,
+                }
+            }
         }))),
         None => vec![false; names.len()],
     };

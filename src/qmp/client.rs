@@ -25,19 +25,20 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
 
 use super::codec::{decode_line, encode_command, Event, Greeting, Message, MAX_LINE};
 use super::error::QmpError;
+use super::socket::{self, PeerIdentity};
 
 /// Limits for a session. [`Options::default`] suits interactive use and
 /// `ExecStop`.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Limit on `connect(2)`.
+    /// Limit on connecting, including waiting for a starting QEMU to
+    /// listen (`ENOENT`/`ECONNREFUSED` are retried until then).
     pub connect_timeout: Duration,
     /// Limit on receiving the greeting, and then on the `qmp_capabilities`
     /// reply. QEMU serves one client per socket, so a busy socket shows up
@@ -56,6 +57,10 @@ pub struct Options {
     /// instead of the default first-in, first-out matching of id-less
     /// requests (shorter requests, which QEMU reads faster).
     pub send_ids: bool,
+    /// The uid and gid the socket's listener must have (`SO_PEERCRED`),
+    /// checked before anything is sent; `None` skips the check (tests
+    /// and unprivileged callers). Root-side callers set it from the plan.
+    pub peer: Option<PeerIdentity>,
 }
 
 impl Default for Options {
@@ -68,6 +73,7 @@ impl Default for Options {
             max_garbage: 10,
             event_buffer: 256,
             send_ids: false,
+            peer: None,
         }
     }
 }
@@ -220,17 +226,7 @@ impl Client {
             step,
             timeout: opts.greeting_timeout,
         };
-        let stream = timeout(opts.connect_timeout, UnixStream::connect(path))
-            .await
-            .map_err(|_| QmpError::SetupTimeout {
-                path: path.to_owned(),
-                step: "connection",
-                timeout: opts.connect_timeout,
-            })?
-            .map_err(|e| QmpError::Connect {
-                path: path.to_owned(),
-                source: Arc::new(e),
-            })?;
+        let stream = socket::connect(path, opts.peer, opts.connect_timeout).await?;
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(16 * 1024, rd);
         let mut buf = Vec::new();

@@ -23,6 +23,32 @@ pub enum QmpError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The socket path is not what machina made: a symbolic link on the
+    /// way, a socket that is not one, or one swapped while connecting.
+    #[error("refusing QMP socket {path}: {reason}")]
+    UnsafeSocket {
+        /// The socket.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The process listening on the socket is not the VM's QEMU (another
+    /// uid or gid than the VM's own, as the installed plan says).
+    #[error(
+        "refusing QMP socket {path}: it is served by uid {uid} gid {gid}, not the VM's own {}:{}",
+        expected.uid,
+        expected.gid
+    )]
+    WrongPeer {
+        /// The socket.
+        path: PathBuf,
+        /// The listener's uid.
+        uid: u32,
+        /// The listener's gid.
+        gid: u32,
+        /// What the plan says.
+        expected: super::socket::PeerIdentity,
+    },
     /// A timeout expired while connecting or waiting for the greeting or for
     /// the capabilities negotiation.
     #[error(

@@ -30,6 +30,7 @@ mod client;
 mod codec;
 mod error;
 mod ops;
+mod socket;
 
 pub use client::{Client, Options};
 pub use codec::{
@@ -37,6 +38,7 @@ pub use codec::{
 };
 pub use error::QmpError;
 pub use ops::{
-    format_connected, format_event, format_event_json, observe, ping, pretty_tabs, query, shutdown,
-    Query, ShutdownOptions, ShutdownOutcome,
+    format_connected, format_event, format_event_json, observe, ping, ping_with, pretty_tabs,
+    query, shutdown, Query, ShutdownOptions, ShutdownOutcome,
 };
+pub use socket::PeerIdentity;

@@ -262,7 +262,11 @@ pub async fn query(sockets: &[PathBuf], what: Query, opts: &Options) -> Result<V
 /// negotiated), for `machina status`. Each socket tried gets `limit` for
 /// connecting, the greeting and the capabilities reply.
 pub async fn ping(sockets: &[PathBuf], limit: Duration) -> bool {
-    Client::connect_any(sockets, &Options::with_timeout(limit))
-        .await
-        .is_ok()
+    ping_with(sockets, &Options::with_timeout(limit)).await
+}
+
+/// [`ping`] with explicit session options (e.g. a required
+/// [`Options::peer`]).
+pub async fn ping_with(sockets: &[PathBuf], opts: &Options) -> bool {
+    Client::connect_any(sockets, opts).await.is_ok()
 }

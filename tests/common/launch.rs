@@ -567,10 +567,13 @@ impl FakeSysfs {
                     if msg != "1" {
                         return true;
                     }
-                    let _ = std::fs::remove_file(&in_bus);
-                    let _ = std::fs::remove_file(&in_type);
+                    // The vfio node first, the bus link last (the
+                    // reverse of creation): a device no longer listed
+                    // has no node left, as the tests then assert.
                     let _ = std::fs::remove_file(&node);
+                    let _ = std::fs::remove_file(&in_type);
                     let _ = std::fs::remove_dir_all(&dev2);
+                    let _ = std::fs::remove_file(&in_bus);
                     false
                 });
                 true

@@ -62,6 +62,25 @@ impl Drop for TempDir {
     }
 }
 
+/// Connects to `sock` and reads QMP's greeting (then hangs up, which frees
+/// the socket for the next client). Fails while QEMU does not listen yet.
+pub fn greeting(sock: &Path, deadline: Instant) -> Result<(), String> {
+    use std::io::BufRead;
+    let s = std::os::unix::net::UnixStream::connect(sock).map_err(|e| e.to_string())?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.contains("\"QMP\"") {
+        Ok(())
+    } else {
+        Err(format!("not a QMP greeting: {line:?}"))
+    }
+}
+
 /// A running paused QEMU.
 pub struct Qemu {
     child: Option<Child>,
@@ -73,8 +92,8 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Starts QEMU with `sockets` QMP monitors and waits until every socket
-    /// exists. Fails with QEMU's stderr if it exits first.
+    /// Starts QEMU with `sockets` QMP monitors and waits until every one
+    /// greets. Fails with QEMU's stderr if it exits first.
     pub fn start(binary: &Path, sockets: usize) -> Result<Qemu, String> {
         Qemu::start_with(binary, sockets, &[])
     }
@@ -110,20 +129,28 @@ impl Qemu {
             sockets: paths,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // The socket file appears at bind(), before listen(): wait for the
-        // listening state, or a connect in between is refused.
-        while !q.sockets.iter().all(|p| listening(p)) {
-            if let Some(child) = q.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    return Err(format!("QEMU exited early ({status}): {err}"));
+        // Ready means every monitor greets: QEMU creates the socket file
+        // at bind() and listens later, so the file alone proves nothing.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for sock in q.sockets.clone() {
+            loop {
+                if let Some(child) = q.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                        return Err(format!("QEMU exited early ({status}): {err}"));
+                    }
+                }
+                match greeting(&sock, deadline) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(format!(
+                            "no QMP greeting on {} within 30 s: {e}",
+                            sock.display()
+                        ))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-            if Instant::now() > deadline {
-                return Err("QEMU did not create its QMP sockets within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
         Ok(q)
     }
@@ -190,17 +217,4 @@ impl Drop for Qemu {
             let _ = w.join();
         }
     }
-}
-
-/// Whether a Unix socket is bound at `path` and listening (its
-/// `/proc/net/unix` entry has `__SO_ACCEPTCON`).
-fn listening(path: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return path.exists();
-    };
-    let want = path.to_string_lossy();
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 8 && f[7] == want && f[3] == "00010000"
-    })
 }
