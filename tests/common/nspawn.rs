@@ -40,6 +40,7 @@ pub struct Container {
     nspawn: Child,
     pid: u32,
     log: PathBuf,
+    preset: PathBuf,
 }
 
 /// What is missing for [`Container::boot`], or `None` if nothing is.
@@ -127,6 +128,19 @@ impl Container {
         let log = std::env::temp_dir().join(format!("machina-{name}.log"));
         let logf = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
+        // A first boot enables, by preset, every service installed on the
+        // host (databases, web consoles, wait-online units): under load they
+        // hold `is-system-running` for minutes. The tests need systemd and
+        // D-Bus only, so everything else stays disabled.
+        let preset = std::env::temp_dir().join(format!("machina-{name}.preset"));
+        std::fs::write(
+            &preset,
+            "enable dbus.socket\nenable dbus.service\nenable dbus-broker.service\ndisable *\n",
+        )
+        .map_err(|e| format!("{}: {e}", preset.display()))?;
+        let mut preset_bind = OsString::from("--bind-ro=");
+        preset_bind.push(&preset);
+        preset_bind.push(":/etc/systemd/system-preset/00-machina-test.preset");
         let mut bind = OsString::from("--bind-ro=");
         bind.push(bin_dir.as_os_str());
         bind.push(":");
@@ -146,12 +160,18 @@ impl Container {
             .args(["--bind=/dev/kvm", "--bind=/dev/net/tun"])
             .arg("--system-call-filter=bpf")
             .arg(&bind)
+            .arg(&preset_bind)
             .args(binds.iter().map(|p| {
                 let mut a = OsString::from("--bind=");
                 a.push(p.as_os_str());
                 a
             }))
-            .args(["--", "systemd.firstboot=off"])
+            .args([
+                "--",
+                "systemd.firstboot=off",
+                "systemd.mask=systemd-networkd-wait-online.service",
+                "systemd.mask=NetworkManager-wait-online.service",
+            ])
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2)
@@ -162,13 +182,14 @@ impl Container {
             nspawn,
             pid: 0,
             log,
+            preset,
         };
         let t0 = Instant::now();
         c.pid = c.wait_for_init()?;
         let t1 = t0.elapsed();
         let out = c.exec(&[
             "/usr/bin/timeout",
-            "60",
+            "120",
             "systemctl",
             "is-system-running",
             "--wait",
@@ -342,6 +363,7 @@ impl Drop for Container {
         let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.name));
         // Failures already carry the log's tail or the unit's journal.
         let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.preset);
     }
 }
 
