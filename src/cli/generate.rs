@@ -1,13 +1,23 @@
 //! `machina gen`: the launch plan and the systemd unit of each VM.
+//!
+//! Idempotent: a file whose content (and mode) would not change is left
+//! alone, mtime included; `systemctl daemon-reload` runs only when a unit
+//! file was written (or systemd still holds an outdated copy of one); one
+//! line is printed per file written. `--check` writes nothing and exits 1
+//! when anything would change.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{load_all, CliError};
-use crate::config::ConfigDir;
-use crate::plan::{Plan, TakenIds};
+use super::{machine_names, parallel_map, CliError, EXIT_FAILURE};
+use crate::config::{self, ConfigDir};
+use crate::plan::{plan_for, IdRequest, Plan, TakenIds};
 use crate::qemu;
+use crate::systemd::control;
 use crate::systemd::unit::{self as unit, UnitOptions};
+
+/// Mode of every file `gen` writes.
+const FILE_MODE: u32 = 0o644;
 
 /// Where `gen` writes and what the unit refers to.
 pub struct Target<'a> {
@@ -21,75 +31,219 @@ pub struct Target<'a> {
     pub bin_dir: &'a Path,
 }
 
+/// What `gen` does with the files it built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Write the files that differ (and reload systemd if a unit did).
+    Write,
+    /// Print every file; write nothing.
+    Preview,
+    /// Report the files that would be written; write nothing; exit 1 if
+    /// there are any.
+    Check,
+}
+
 /// `machina gen`: plans and units for `names`, all built before any is
-/// written.
+/// written. Returns the exit code.
 pub fn generate(
     dir: &ConfigDir,
     names: &[String],
-    preview: bool,
+    mode: Mode,
+    json: bool,
     target: &Target<'_>,
     out: &mut impl Write,
-) -> Result<(), CliError> {
-    let (_, machines) = load_all(dir, names)?;
-    let plan_dir = under_root(target.root, target.plan_dir);
-    let unit_dir = under_root(target.root, target.unit_dir);
+) -> Result<i32, CliError> {
     if !target.bin_dir.is_absolute() {
         return Err(CliError(format!(
             "--bin-dir {} is not absolute",
             target.bin_dir.display()
         )));
     }
+    let plan_dir = under_root(target.root, target.plan_dir);
+    let unit_dir = under_root(target.root, target.unit_dir);
+    let host = dir.load_host()?;
+    let names = machine_names(names)?;
+    // Everything the run needs from the host, read once, before any thread
+    // starts: users and groups, and the existing plans.
     let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
-    // Build everything first: the first error aborts before anything is
-    // written.
-    let mut outputs: Vec<(Plan, String)> = Vec::new();
-    for m in &machines {
-        if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
-            // The Go program ran swtpm in a unit of its own; machina does
-            // not yet, and a unit whose QEMU waits for a socket nobody
-            // serves would only fail at start.
-            return Err(CliError(format!(
-                "{}: attrs.tpm: machina does not run swtpm yet; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
-                m.origin.file.display()
-            )));
+
+    // Build everything first: any error aborts before anything is written.
+    // Each VM keeps only its plan and unit, not the machine and hardware
+    // they came from, so 10,000 VMs fit in little memory.
+    let built = parallel_map(&names, |n| {
+        build(dir, &host, n, target, &plan_dir, &unit_dir)
+    });
+    let mut errors: Vec<CliError> = Vec::new();
+    let mut vms = Vec::with_capacity(built.len());
+    for b in built {
+        match b {
+            Ok(vm) => vms.push(vm),
+            Err(e) => errors.push(e),
         }
-        let hw = qemu::build(m)?;
-        let id = taken.id_for(m).map_err(|e| CliError(e.to_string()))?;
-        taken.take(m, id);
-        let plan = crate::plan::plan_for(m, &hw, id, Path::new("/sys"));
-        let mut opts = UnitOptions::new(&plan);
-        opts.launcher = target.bin_dir.join("machina-launch");
-        opts.machina = target.bin_dir.join("machina");
-        opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
-        let text = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
-        if m.qmp_sockets.is_empty() {
-            eprintln!(
-                "machina: {}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown",
-                m.name
-            );
-        }
-        outputs.push((plan, text));
     }
-    for (i, (plan, text)) in outputs.iter().enumerate() {
-        let plan_path = plan_dir.join(format!("{}.json", plan.machine));
-        let unit_path = unit_dir.join(unit::unit_name(&plan.machine));
-        if preview {
+    // One line per broken machine: all but the last here, the last as the
+    // command's error.
+    if let Some(last) = errors.pop() {
+        for e in errors {
+            eprintln!("machina: {e}");
+        }
+        return Err(last);
+    }
+    // Ids depend on the VMs before them (collisions), so they are chosen in
+    // order, after every VM is known to build.
+    for vm in &mut vms {
+        let id = taken.id_of(&vm.id).map_err(|e| CliError(e.to_string()))?;
+        taken.take(&vm.id, id);
+        vm.plan.uid = id;
+        vm.plan.gid = id;
+    }
+
+    if mode == Mode::Preview {
+        for (i, vm) in vms.iter().enumerate() {
             if i > 0 {
                 writeln!(out)?;
             }
-            writeln!(out, "----{}----", plan_path.display())?;
-            write!(out, "{}", plan.to_json())?;
-            writeln!(out, "----{}----", unit_path.display())?;
-            write!(out, "{text}")?;
-        } else {
-            write_file_atomic(&plan_path, plan.to_json().as_bytes(), 0o644)?;
-            write_file_atomic(&unit_path, text.as_bytes(), 0o644)?;
+            writeln!(out, "----{}----", vm.plan_path.display())?;
+            write!(out, "{}", vm.plan.to_json())?;
+            writeln!(out, "----{}----", vm.unit_path.display())?;
+            write!(out, "{}", vm.unit)?;
+        }
+        return Ok(0);
+    }
+
+    let mut changed: Vec<&Path> = Vec::new();
+    let mut unchanged: Vec<&Path> = Vec::new();
+    let mut unit_changed = false;
+    let files = vms.iter().flat_map(|vm| {
+        [
+            (&vm.plan_path, Text::Owned(vm.plan.to_json()), false),
+            (&vm.unit_path, Text::Borrowed(&vm.unit), true),
+        ]
+    });
+    for (path, text, is_unit) in files {
+        if !differs(path, text.as_bytes())? {
+            unchanged.push(path);
+            continue;
+        }
+        if mode == Mode::Write {
+            write_file_atomic(path, text.as_bytes(), FILE_MODE)?;
+        }
+        if !json {
+            let verb = if mode == Mode::Write {
+                "wrote"
+            } else {
+                "would write"
+            };
+            writeln!(out, "{verb} {}", path.display())?;
+        }
+        unit_changed |= is_unit;
+        changed.push(path);
+    }
+    if json {
+        let v = serde_json::json!({"changed": changed, "unchanged": unchanged});
+        writeln!(out, "{v}")?;
+    }
+    if mode == Mode::Check {
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        out.flush()?;
+        eprintln!(
+            "machina: {} of {} files would change",
+            changed.len(),
+            changed.len() + unchanged.len()
+        );
+        return Ok(EXIT_FAILURE);
+    }
+    if target.root.is_none() && control::systemd_running() {
+        let units: Vec<String> = vms.iter().map(|vm| unit_file_name(&vm.unit_path)).collect();
+        // Reload also when systemd still has an older copy of an unchanged
+        // unit (an earlier run wrote it, then its reload failed).
+        let stale = || -> Result<bool, CliError> {
+            Ok(control::unit_status(&units)
+                .map_err(|e| CliError(e.to_string()))?
+                .iter()
+                .any(|s| s.need_daemon_reload))
+        };
+        if unit_changed || stale()? {
+            control::daemon_reload().map_err(|e| CliError(e.to_string()))?;
         }
     }
-    if !preview && target.root.is_none() && crate::systemd::control::systemd_running() {
-        crate::systemd::control::daemon_reload().map_err(|e| CliError(e.to_string()))?;
+    Ok(0)
+}
+
+/// One VM's files, before its id is chosen.
+struct Built {
+    id: IdRequest,
+    /// The plan, with uid and gid still to set.
+    plan: Plan,
+    plan_path: PathBuf,
+    unit: String,
+    unit_path: PathBuf,
+}
+
+/// A file's content, built now or kept from before.
+enum Text<'a> {
+    Owned(String),
+    Borrowed(&'a str),
+}
+
+impl Text<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Owned(s) => s.as_bytes(),
+            Text::Borrowed(s) => s.as_bytes(),
+        }
     }
-    Ok(())
+}
+
+/// Loads and builds one machine: its plan (without its id, which is chosen
+/// later, in order) and its unit (which does not depend on the id).
+fn build(
+    dir: &ConfigDir,
+    host: &config::HostFile,
+    name: &crate::names::MachineName,
+    target: &Target<'_>,
+    plan_dir: &Path,
+    unit_dir: &Path,
+) -> Result<Built, CliError> {
+    let m = config::load_machine(dir, host, name)?;
+    if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
+        // The Go program ran swtpm in a unit of its own; machina does
+        // not yet, and a unit whose QEMU waits for a socket nobody
+        // serves would only fail at start.
+        return Err(CliError(format!(
+            "{}: attrs.tpm: machina does not run swtpm yet; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
+            m.origin.file.display()
+        )));
+    }
+    let hw = qemu::build(&m)?;
+    if m.qmp_sockets.is_empty() {
+        eprintln!(
+            "machina: {}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown",
+            m.name
+        );
+    }
+    let plan = plan_for(&m, &hw, 0, Path::new("/sys"));
+    let mut opts = UnitOptions::new(&plan);
+    opts.launcher = target.bin_dir.join("machina-launch");
+    opts.machina = target.bin_dir.join("machina");
+    opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
+    let unit = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+    Ok(Built {
+        id: IdRequest::of(&m),
+        plan_path: plan_dir.join(format!("{}.json", plan.machine)),
+        unit_path: unit_dir.join(unit::unit_name(&plan.machine)),
+        plan,
+        unit,
+    })
+}
+
+/// The file name of a unit path (what systemctl calls the unit).
+fn unit_file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `<root>/<abs>`, or `abs` without a root.
@@ -99,6 +253,40 @@ fn under_root(root: Option<&Path>, abs: &Path) -> PathBuf {
         None => abs.to_owned(),
     }
 }
+
+/// Whether writing `data` to `path` would change anything: the file is
+/// missing, is not a regular file (a symlink is not followed: the rename
+/// would replace it), has another mode, or other content.
+fn differs(path: &Path, data: &[u8]) -> Result<bool, CliError> {
+    use std::io::Read;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        // ELOOP: a symlink; ENOTDIR: a parent is a file (the write will say).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => return Ok(true),
+        Err(e) => return Err(CliError(format!("{}: {e}", path.display()))),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+    if !meta.is_file()
+        || meta.permissions().mode() & 0o7777 != FILE_MODE
+        || meta.len() != data.len() as u64
+    {
+        return Ok(true);
+    }
+    let mut have = Vec::with_capacity(data.len());
+    f.take(data.len() as u64 + 1)
+        .read_to_end(&mut have)
+        .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+    Ok(have != data)
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so a
 /// reader never sees a partial file; creates the parent directory (0755).
 fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CliError> {
@@ -125,6 +313,9 @@ fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CliError
             .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
+        // The umask may have narrowed the mode; the file must be exactly it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

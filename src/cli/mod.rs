@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine};
+use crate::config::{self, ConfigDir, ConfigError};
 use crate::names::MachineName;
 use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 
@@ -76,8 +76,14 @@ enum Command {
     #[command(visible_alias = "gen")]
     Generate {
         /// Print the plans and units instead of writing them.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["check", "json"])]
         preview: bool,
+        /// Write nothing; list the files that would change and exit 1 if there are any.
+        #[arg(long)]
+        check: bool,
+        /// Print {"changed": [paths], "unchanged": [paths]} instead of one line per file written.
+        #[arg(long)]
+        json: bool,
         /// Write under this directory instead of / (for another host).
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
@@ -270,20 +276,6 @@ pub(crate) fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliErr
         .collect()
 }
 
-/// Loads the host file and builds each named machine, stopping at the first
-/// error.
-pub(crate) fn load_all(
-    dir: &ConfigDir,
-    names: &[String],
-) -> Result<(HostFile, Vec<Machine>), CliError> {
-    let host = dir.load_host()?;
-    let machines = machine_names(names)?
-        .iter()
-        .map(|n| config::load_machine(dir, &host, n))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((host, machines))
-}
-
 fn run(cli: Cli) -> Result<i32, CliError> {
     let dir = ConfigDir::new(&cli.config_dir);
     let mut out = std::io::stdout().lock();
@@ -318,6 +310,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Generate {
             preview,
+            check,
+            json,
             root,
             bin_dir,
             machines,
@@ -328,7 +322,15 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 unit_dir: &cli.unit_dir,
                 bin_dir: &bin_dir,
             };
-            generate::generate(&dir, &machines, preview, &target, &mut out)?
+            let mode = match (preview, check) {
+                (true, _) => generate::Mode::Preview,
+                (false, true) => generate::Mode::Check,
+                (false, false) => generate::Mode::Write,
+            };
+            let mut out = std::io::BufWriter::new(out);
+            let code = generate::generate(&dir, &machines, mode, json, &target, &mut out)?;
+            out.flush()?;
+            return Ok(code);
         }
         Command::Start { machines } => return units::control(Verb::Start, &machines),
         Command::Stop { machines } => return units::control(Verb::Stop, &machines),
