@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::{machine_names, parallel_map, CliError, EXIT_FAILURE};
 use crate::config::{self, ConfigDir};
-use crate::plan::{plan_for, IdRequest, Plan, TakenIds};
+use crate::plan::{plan_for, IdRequest, TakenIds};
 use crate::qemu;
 use crate::systemd::control;
 use crate::systemd::unit::{self as unit, UnitOptions};
@@ -60,7 +60,6 @@ pub fn generate(
         )));
     }
     let plan_dir = under_root(target.root, target.plan_dir);
-    let unit_dir = under_root(target.root, target.unit_dir);
     let host = dir.load_host()?;
     let names = machine_names(names)?;
     // Everything the run needs from the host, read once, before any thread
@@ -68,10 +67,10 @@ pub fn generate(
     let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
 
     // Build everything first: any error aborts before anything is written.
-    // Each VM keeps only its plan and unit, not the machine and hardware
-    // they came from, so 10,000 VMs fit in little memory.
+    // Each VM keeps only the text of its plan and unit, not the machine,
+    // hardware and plan they came from, so 10,000 VMs fit in little memory.
     let built = parallel_map(&names, |n| {
-        build(dir, &host, n, target, &plan_dir, &unit_dir)
+        build(dir, &host, n, target, |req| taken.id_of(req).ok())
     });
     let mut errors: Vec<CliError> = Vec::new();
     let mut vms = Vec::with_capacity(built.len());
@@ -89,13 +88,16 @@ pub fn generate(
         }
         return Err(last);
     }
-    // Ids depend on the VMs before them (collisions), so they are chosen in
-    // order, after every VM is known to build.
-    for vm in &mut vms {
+    // Ids depend on the VMs before them (collisions within this run), so
+    // each is confirmed in order; the rare VM whose id differs from the one
+    // its plan was built with (computed from the host's state alone) is
+    // built again.
+    for (vm, name) in vms.iter_mut().zip(&names) {
         let id = taken.id_of(&vm.id).map_err(|e| CliError(e.to_string()))?;
         taken.take(&vm.id, id);
-        vm.plan.uid = id;
-        vm.plan.gid = id;
+        if vm.uid != Some(id) {
+            *vm = build(dir, &host, name, target, |_| Some(id))?;
+        }
     }
 
     if mode == Mode::Preview {
@@ -104,7 +106,7 @@ pub fn generate(
                 writeln!(out)?;
             }
             writeln!(out, "----{}----", vm.plan_path.display())?;
-            write!(out, "{}", vm.plan.to_json())?;
+            write!(out, "{}", vm.plan)?;
             writeln!(out, "----{}----", vm.unit_path.display())?;
             write!(out, "{}", vm.unit)?;
         }
@@ -116,8 +118,8 @@ pub fn generate(
     let mut unit_changed = false;
     let files = vms.iter().flat_map(|vm| {
         [
-            (&vm.plan_path, Text::Owned(vm.plan.to_json()), false),
-            (&vm.unit_path, Text::Borrowed(&vm.unit), true),
+            (&vm.plan_path, &vm.plan, false),
+            (&vm.unit_path, &vm.unit, true),
         ]
     });
     for (path, text, is_unit) in files {
@@ -172,40 +174,26 @@ pub fn generate(
     Ok(0)
 }
 
-/// One VM's files, before its id is chosen.
+/// One VM's files.
 struct Built {
     id: IdRequest,
-    /// The plan, with uid and gid still to set.
-    plan: Plan,
+    /// The uid (and gid) the plan was built with; `None`: no id was free
+    /// (the ordered pass reports it).
+    uid: Option<u32>,
+    plan: String,
     plan_path: PathBuf,
     unit: String,
     unit_path: PathBuf,
 }
 
-/// A file's content, built now or kept from before.
-enum Text<'a> {
-    Owned(String),
-    Borrowed(&'a str),
-}
-
-impl Text<'_> {
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Text::Owned(s) => s.as_bytes(),
-            Text::Borrowed(s) => s.as_bytes(),
-        }
-    }
-}
-
-/// Loads and builds one machine: its plan (without its id, which is chosen
-/// later, in order) and its unit (which does not depend on the id).
+/// Loads and builds one machine: its plan, with the id `id_of` gives, and
+/// its unit (which does not depend on the id).
 fn build(
     dir: &ConfigDir,
     host: &config::HostFile,
     name: &crate::names::MachineName,
     target: &Target<'_>,
-    plan_dir: &Path,
-    unit_dir: &Path,
+    id_of: impl Fn(&IdRequest) -> Option<u32>,
 ) -> Result<Built, CliError> {
     let m = config::load_machine(dir, host, name)?;
     if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
@@ -224,17 +212,20 @@ fn build(
             m.name
         );
     }
-    let plan = plan_for(&m, &hw, 0, Path::new("/sys"));
+    let id = IdRequest::of(&m);
+    let uid = id_of(&id);
+    let plan = plan_for(&m, &hw, uid.unwrap_or(0), Path::new("/sys"));
     let mut opts = UnitOptions::new(&plan);
     opts.launcher = target.bin_dir.join("machina-launch");
     opts.machina = target.bin_dir.join("machina");
     opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
     let unit = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
     Ok(Built {
-        id: IdRequest::of(&m),
-        plan_path: plan_dir.join(format!("{}.json", plan.machine)),
-        unit_path: unit_dir.join(unit::unit_name(&plan.machine)),
-        plan,
+        id,
+        uid,
+        plan_path: under_root(target.root, target.plan_dir).join(format!("{}.json", plan.machine)),
+        unit_path: under_root(target.root, target.unit_dir).join(unit::unit_name(&plan.machine)),
+        plan: plan.to_json(),
         unit,
     })
 }
