@@ -3,8 +3,9 @@
 //! side with the Go program's `args` and `generate --preview` in the same
 //! run when it is present, each process pinned to CPU 0 and the two
 //! programs alternated (A B A B …) so that machine load hits both alike.
-//! Reports the median wall time of each, the ratio Go / machina (median of
-//! the pairwise ratios) and each one's peak RSS.
+//! Reports the median wall time of each, the ratios Go / machina of wall
+//! and of CPU time (user + sys; medians of the pairwise ratios; on a loaded
+//! machine the CPU ratio is the steadier one) and each one's peak RSS.
 //!
 //! The Go program is `$MACHINA_GO`, else `shared/reference/go-machina`
 //! beside this checkout (or beside a parent directory of it); without it
@@ -135,10 +136,10 @@ fn main() {
             "Go program not found (set MACHINA_GO or put it at ../shared/reference/go-machina): machina's figures only"
         ),
     }
-    println!("both pinned to CPU 0 (taskset -c 0), alternated; medians; ratio = median of Go/machina per pair\n");
+    println!("both pinned to CPU 0 (taskset -c 0), alternated; medians; ratios = median of Go/machina per pair\n");
     println!(
-        "{:>6}  {:<14} {:>10} {:>10} {:>9} {:>12} {:>12}",
-        "VMs", "command", "machina s", "Go s", "Go/machina", "machina RSS", "Go RSS"
+        "{:>6}  {:<14} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "VMs", "command", "machina s", "Go s", "wall ratio", "CPU ratio", "machina RSS", "Go RSS"
     );
     for n in SIZES {
         let dir =
@@ -186,7 +187,8 @@ fn main() {
             let ours_rss = a.iter().map(|r| r.rss_kib).max().unwrap();
             if b.is_empty() {
                 println!(
-                    "{n:>6}  {label:<14} {ours_s:>10.4} {:>10} {:>9} {:>9.1} MiB {:>12}",
+                    "{n:>6}  {label:<14} {ours_s:>10.4} {:>10} {:>10} {:>10} {:>8.1} MiB {:>12}",
+                    "-",
                     "-",
                     "-",
                     ours_rss as f64 / 1024.0,
@@ -195,9 +197,10 @@ fn main() {
             } else {
                 let go_s = median(b.iter().map(|r| r.wall).collect());
                 let ratio = median(a.iter().zip(&b).map(|(x, y)| y.wall / x.wall).collect());
+                let cpu_ratio = median(a.iter().zip(&b).map(|(x, y)| y.cpu / x.cpu).collect());
                 let go_rss = b.iter().map(|r| r.rss_kib).max().unwrap();
                 println!(
-                    "{n:>6}  {label:<14} {ours_s:>10.4} {go_s:>10.4} {ratio:>8.1}x {:>8.1} MiB {:>8.1} MiB",
+                    "{n:>6}  {label:<14} {ours_s:>10.4} {go_s:>10.4} {ratio:>9.1}x {cpu_ratio:>9.1}x {:>8.1} MiB {:>8.1} MiB",
                     ours_rss as f64 / 1024.0,
                     go_rss as f64 / 1024.0
                 );

@@ -65,6 +65,7 @@ pub fn generate(
     // Everything the run needs from the host, read once, before any thread
     // starts: users and groups, and the existing plans.
     let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
+    taken.reserve(names.len());
 
     // Build everything first: any error aborts before anything is written.
     // Each VM keeps only the text of its plan and unit, not the machine,
@@ -106,9 +107,9 @@ pub fn generate(
                 writeln!(out)?;
             }
             writeln!(out, "----{}----", vm.plan_path.display())?;
-            write!(out, "{}", vm.plan)?;
+            out.write_all(vm.plan.as_bytes())?;
             writeln!(out, "----{}----", vm.unit_path.display())?;
-            write!(out, "{}", vm.unit)?;
+            out.write_all(vm.unit.as_bytes())?;
         }
         return Ok(0);
     }

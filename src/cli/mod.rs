@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 (false, true) => generate::Mode::Check,
                 (false, false) => generate::Mode::Write,
             };
-            let mut out = std::io::BufWriter::new(out);
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
             let code = generate::generate(&dir, &machines, mode, json, &target, &mut out)?;
             out.flush()?;
             return Ok(code);

@@ -166,6 +166,13 @@ impl TakenIds {
         t
     }
 
+    /// Makes room for `n` more VMs (before [`TakenIds::take`] is called for
+    /// each of thousands).
+    pub fn reserve(&mut self, n: usize) {
+        self.plans.reserve(n);
+        self.plan_uids.reserve(n);
+    }
+
     fn insert_plan(&mut self, name: String, uuid: uuid::Uuid, uid: u32) {
         if let Some((_, old)) = self.plans.insert(name, (uuid, uid)) {
             if let Some(n) = self.plan_uids.get_mut(&old) {
