@@ -40,6 +40,9 @@ pub struct Container {
     nspawn: Child,
     pid: u32,
     log: PathBuf,
+    /// Upper directories of `--overlay=` mounts, which nspawn leaves
+    /// behind when it has to be killed.
+    overlay_dirs: Vec<PathBuf>,
 }
 
 /// What is missing for [`Container::boot`], or `None` if nothing is.
@@ -97,6 +100,17 @@ impl Container {
 
     /// [`Container::try_boot`] with more host paths bound in.
     pub fn try_boot_with(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
+        Container::try_boot_opts(bin_dir, binds, &[])
+    }
+
+    /// [`Container::try_boot_with`] with `/usr` writable too (an overlay
+    /// on the host's, its changes in a temporary directory that nspawn
+    /// removes): for installing a package inside.
+    pub fn try_boot_writable(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
+        Container::try_boot_opts(bin_dir, binds, &["--overlay=/usr::/usr"])
+    }
+
+    fn try_boot_opts(bin_dir: &Path, binds: &[&Path], extra: &[&str]) -> Result<Container, String> {
         let name = format!(
             "mt-{}-{}",
             std::process::id(),
@@ -114,6 +128,7 @@ impl Container {
             // makes DeviceAllow= enforced inside the container.
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
             .args(["-D", "/", "--volatile=yes", "-b"])
+            .args(extra)
             // No D-Bus on the host: neither registration nor a scope unit.
             .args(["--register=no", "--keep-unit", "--private-network"])
             .args(["--console=read-only", "-M", &name])
@@ -136,9 +151,15 @@ impl Container {
             nspawn,
             pid: 0,
             log,
+            overlay_dirs: Vec::new(),
         };
         let t0 = Instant::now();
         c.pid = c.wait_for_init()?;
+        if !extra.is_empty() {
+            c.overlay_dirs = overlay_temp_dirs(
+                &std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid)).unwrap_or_default(),
+            );
+        }
         let t1 = t0.elapsed();
         let out = c.exec(&[
             "/usr/bin/timeout",
@@ -316,7 +337,32 @@ impl Drop for Container {
         let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.name));
         // Failures already carry the log's tail or the unit's journal.
         let _ = std::fs::remove_file(&self.log);
+        for d in &self.overlay_dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
+}
+
+/// The `/var/tmp/nspawn-temp-*` directories holding the upper layers of
+/// the overlays in a container's `mountinfo`.
+fn overlay_temp_dirs(mountinfo: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = mountinfo
+        .split([',', ' '])
+        .filter_map(|opt| opt.strip_prefix("upperdir="))
+        .filter_map(|upper| {
+            Path::new(upper)
+                .ancestors()
+                .find(|a| a.parent() == Some(Path::new("/var/tmp")))
+                .filter(|d| {
+                    d.file_name()
+                        .and_then(|f| f.to_str())
+                        .is_some_and(|f| f.starts_with("nspawn-temp-"))
+                })
+                .map(Path::to_owned)
+        })
+        .collect();
+    dirs.dedup();
+    dirs
 }
 
 /// The first child of `parent` whose `comm` is `name`.
