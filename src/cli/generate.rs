@@ -143,7 +143,11 @@ pub fn generate(
         changed.push(path);
     }
     if json {
-        let v = serde_json::json!({"changed": changed, "unchanged": unchanged});
+        // Lossy: a path that is not UTF-8 (from --plan-dir) must not panic.
+        let text = |v: &[&Path]| -> Vec<String> {
+            v.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+        };
+        let v = serde_json::json!({"changed": text(&changed), "unchanged": text(&unchanged)});
         writeln!(out, "{v}")?;
     }
     if mode == Mode::Check {
