@@ -356,3 +356,42 @@ fn gen_under_systemd_reloads_only_for_a_changed_unit_and_status_says_restart() {
         "not running: {s}"
     );
 }
+
+#[test]
+fn every_broken_machine_is_reported_and_nothing_is_written() {
+    let tmp = TempDir::new("gen-broken");
+    let config = tmp.0.join("config");
+    copy_examples(&config);
+    for vm in ["bad-a", "bad-b"] {
+        std::fs::write(
+            config.join(format!("machine.conf.d/{vm}.conf.json")),
+            r#"{"attrs": {"memory": {"rma": 1}}}"#,
+        )
+        .unwrap();
+    }
+    let root = tmp.0.join("root");
+    let o = machina(
+        &config,
+        &[
+            "gen",
+            "--root",
+            root.to_str().unwrap(),
+            "bad-a",
+            "web-01",
+            "bad-b",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("bad-a.conf.json") && lines[0].contains("rma"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("bad-b.conf.json") && lines[1].contains("rma"),
+        "{err}"
+    );
+    assert!(!root.exists(), "gen wrote files for a broken run");
+}
