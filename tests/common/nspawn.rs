@@ -140,7 +140,16 @@ impl Container {
                 a.push(p.as_os_str());
                 a
             }))
-            .args(["--", "systemd.firstboot=off"])
+            // No network to wait for (--private-network): masked from the
+            // start, so that a host unit wanting network-online.target
+            // (cockpit-motd, …) cannot hold the boot for wait-online's
+            // 2 minutes.
+            .args([
+                "--",
+                "systemd.firstboot=off",
+                "systemd.mask=systemd-networkd-wait-online.service",
+                "systemd.mask=NetworkManager-wait-online.service",
+            ])
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2)
