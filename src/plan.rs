@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::names::{InterfaceName, MachineName};
 
 mod generate;
-pub use generate::{plan_for, IdError, TakenIds};
+pub use generate::{plan_for, IdError, IdRequest, TakenIds};
 
 /// The plan format this build writes and understands.
 /// Version 2 dropped the `runtime-dir` field: the runtime directory is

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{machine_names, one_line, CliError, EXIT_FAILURE};
 use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine, Problem};
 use crate::names::MachineName;
-use crate::plan::TakenIds;
+use crate::plan::{IdRequest, TakenIds};
 use crate::systemd::unit::{self, UnitOptions};
 
 /// One problem of `check --json`, with the machine it concerns.
@@ -125,7 +125,7 @@ fn check_machine(
     if m.group.refused.is_none() {
         match taken.id_for(&m) {
             Ok(id) => {
-                taken.take(&m, id);
+                taken.take(&IdRequest::of(&m), id);
                 if let Some(hw) = &hw {
                     let plan = crate::plan::plan_for(&m, hw, id, Path::new("/sys"));
                     if let Err(e) = unit::render(&plan, &UnitOptions::new(&plan)) {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine, Problems};
+use crate::config::{self, ConfigDir, ConfigError, Machine, Problems};
 use crate::names::MachineName;
 use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 
@@ -91,8 +91,14 @@ enum Command {
     #[command(visible_alias = "gen")]
     Generate {
         /// Print the plans and units instead of writing them.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["check", "json"])]
         preview: bool,
+        /// Write nothing; list the files that would change and exit 1 if there are any.
+        #[arg(long)]
+        check: bool,
+        /// Print {"changed": [paths], "unchanged": [paths]} instead of one line per file written.
+        #[arg(long)]
+        json: bool,
         /// Write under this directory instead of / (for another host).
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
@@ -249,6 +255,26 @@ pub struct CliError(pub String);
 /// At most this many problems are printed for one run; the rest are counted.
 pub const MAX_PROBLEMS: usize = 50;
 
+impl CliError {
+    /// The problems of several errors as one error: one line each, at most
+    /// [`MAX_PROBLEMS`], then a count of the rest.
+    pub fn join(errors: Vec<CliError>) -> CliError {
+        let all: Vec<String> = errors
+            .iter()
+            .flat_map(|e| e.0.split('\n').map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| !l.starts_with("… and "))
+            .collect();
+        let mut lines: Vec<String> = all.iter().take(MAX_PROBLEMS).cloned().collect();
+        if all.len() > MAX_PROBLEMS {
+            lines.push(format!(
+                "… and {} more problems (`machina check --json` lists them all)",
+                all.len() - MAX_PROBLEMS
+            ));
+        }
+        CliError(lines.join("\n"))
+    }
+}
+
 impl From<ConfigError> for CliError {
     /// One line per problem (each escaped on its own, so a quoted newline
     /// cannot split a line), at most [`MAX_PROBLEMS`].
@@ -325,24 +351,6 @@ pub(crate) fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliErr
         .collect()
 }
 
-/// Loads the host file and builds each named machine, reporting the
-/// problems of every machine.
-pub(crate) fn load_all(
-    dir: &ConfigDir,
-    names: &[String],
-) -> Result<(HostFile, Vec<Machine>), CliError> {
-    let host = dir.load_host()?;
-    let mut problems = Problems::default();
-    let machines: Vec<Machine> = machine_names(names)?
-        .iter()
-        .filter_map(|n| problems.take(config::load_machine(dir, &host, n)))
-        .collect();
-    match problems.into_error() {
-        Some(e) => Err(e.into()),
-        None => Ok((host, machines)),
-    }
-}
-
 /// Prints what `args` and `cat` accept but `gen` refuses (a system group
 /// id), one `warning:` line each.
 pub(crate) fn warn_refusals(machines: &[&Machine]) {
@@ -401,6 +409,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Generate {
             preview,
+            check,
+            json,
             root,
             bin_dir,
             machines,
@@ -411,7 +421,15 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 unit_dir: &cli.unit_dir,
                 bin_dir: &bin_dir,
             };
-            generate::generate(&dir, &machines, preview, &target, &mut out)?
+            let mode = match (preview, check) {
+                (true, _) => generate::Mode::Preview,
+                (false, true) => generate::Mode::Check,
+                (false, false) => generate::Mode::Write,
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            let code = generate::generate(&dir, &machines, mode, json, &target, &mut out)?;
+            out.flush()?;
+            return Ok(code);
         }
         Command::Start { machines } => return units::control(Verb::Start, &machines),
         Command::Stop { machines } => return units::control(Verb::Stop, &machines),
