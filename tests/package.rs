@@ -581,7 +581,10 @@ impl Tmux {
             keys.extend_from_slice(tabs);
             self.keys(&keys);
             panes.push(self.wait(&format!("{want:?}"), |p| want.iter().all(|w| p.contains(w))));
-            self.keys(&["C-c"]);
+            // Not C-c: a signal would hit a completion still running (the
+            // second Tab) and the keys after it would land on the old
+            // line. Editing keys queue behind it and clear the line.
+            self.keys(&["C-e", "C-u"]);
         }
         panes
     }
