@@ -59,6 +59,7 @@ function assertEq(a, b, what) {
     if (x !== y) fail(what + ":\n  page:    " + x + "\n  machina: " + y);
     ok(what);
 }
+setTimeout(() => fail("no result after 120 s"), 120000);
 process.on("unhandledRejection", (e) => fail("exception: " + (e && e.stack || e)));
 
 const { targetInfos } = await cdp("Target.getTargets");
