@@ -20,8 +20,6 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt;
 
-const TEST: &str = "cockpit_page_in_chromium";
-
 fn find(candidates: &[&str]) -> Option<PathBuf> {
     candidates.iter().map(PathBuf::from).find(|p| p.exists())
 }
@@ -79,31 +77,50 @@ fn free_port() -> u16 {
 
 #[test]
 fn cockpit_page_in_chromium() {
+    browser_test("cockpit_page_in_chromium", false);
+}
+
+/// Without administrative access (cockpit-ws and its bridge as `nobody`,
+/// who has no superuser channel) the page says it is read-only and offers no
+/// change.
+#[test]
+fn cockpit_page_read_only_without_admin() {
+    if !common::is_root() {
+        return common::skip(
+            "cockpit_page_read_only_without_admin",
+            "not running as root (needed to run cockpit-ws as nobody)",
+        );
+    }
+    browser_test("cockpit_page_read_only_without_admin", true);
+}
+
+/// Starts cockpit-ws (as `nobody` when READ_ONLY) and runs the driver.
+fn browser_test(test: &str, read_only: bool) {
     let Some(ws) = find(&["/usr/lib/cockpit/cockpit-ws", "/usr/libexec/cockpit-ws"]) else {
         return common::skip(
-            TEST,
+            test,
             "cockpit-ws is not installed (apt-get install cockpit-ws)",
         );
     };
     if on_path("cockpit-bridge").is_none() {
-        return common::skip(TEST, "cockpit-bridge is not installed");
+        return common::skip(test, "cockpit-bridge is not installed");
     }
     if find(&["/usr/share/cockpit/shell/index.html"]).is_none() {
         return common::skip(
-            TEST,
+            test,
             "the Cockpit shell is not installed (apt-get install cockpit-system)",
         );
     }
     let Some(chromium) = find(&["/usr/bin/chromium"]) else {
-        return common::skip(TEST, "chromium is not installed");
+        return common::skip(test, "chromium is not installed");
     };
     let Some(node) = on_path("node") else {
-        return common::skip(TEST, "node is not installed");
+        return common::skip(test, "node is not installed");
     };
 
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let machina = PathBuf::from(env!("CARGO_BIN_EXE_machina"));
-    let tmp = TempDir::new("cockpit");
+    let tmp = TempDir::new(if read_only { "cockpit-ro" } else { "cockpit" });
     let data = tmp.0.join("data");
     let xdg_config = tmp.0.join("xdg-config");
     let config = tmp.0.join("etc");
@@ -116,6 +133,8 @@ fn cockpit_page_in_chromium() {
         "machina": machina,
         "config-dir": config,
         "gen-root": gen_root,
+        // Live updates show within a second in the test.
+        "poll-seconds": 1,
     }});
     std::fs::write(
         xdg_config.join("cockpit/machina.override.json"),
@@ -132,8 +151,14 @@ fn cockpit_page_in_chromium() {
     let port = free_port();
     let log = std::fs::File::create(tmp.0.join("cockpit-ws.log")).unwrap();
     let started = Instant::now();
+    let mut ws_cmd = Command::new(&ws);
+    if read_only {
+        // nobody reads the copies (the temporary tree is world-readable) and
+        // this build's machina; it may write nothing.
+        ws_cmd.uid(65534).gid(65534);
+    }
     let _ws = Group(
-        Command::new(&ws)
+        ws_cmd
             .args([
                 "--no-tls",
                 "--local-session=cockpit-bridge",
@@ -175,6 +200,7 @@ fn cockpit_page_in_chromium() {
         .env("CHROMIUM", &chromium)
         .env("PROFILE_DIR", tmp.0.join("chromium-profile"))
         .env("SHOT_DIR", &shots)
+        .env("READ_ONLY", if read_only { "1" } else { "" })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

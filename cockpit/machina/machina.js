@@ -253,7 +253,7 @@
         for (const t of all) {
             const id = prefix + t;
             box.append(el("label", { for: id },
-                el("input", { type: "checkbox", id, value: t, checked: selected.includes(t) }),
+                el("input", { type: "checkbox", id, value: t, checked: selected.includes(t), disabled: !admin }),
                 hostTags.includes(t) ? t : t + " (not in the host file)"));
         }
         if (!all.length) box.append(el("span", { class: "muted" }, "The host file defines no tags."));
@@ -581,9 +581,10 @@
     /* ---- Wiring ---- */
 
     function setAdmin(allowed) {
-        admin = !!allowed;
-        $("#readonly").hidden = admin;
-        for (const b of document.querySelectorAll(".admin button, .admin input, #editor input, #editor textarea"))
+        // null while Cockpit is still asking: no changes offered, no notice yet.
+        admin = allowed === true;
+        $("#readonly").hidden = allowed !== false;
+        for (const b of document.querySelectorAll("button.admin, .admin button, .admin input, #editor input, #editor textarea"))
             b.disabled = !admin;
         renderList();
     }

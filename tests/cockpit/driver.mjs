@@ -121,7 +121,33 @@ const rows = await waitFor(`
         description: r.querySelector('[data-label="description"]').textContent,
     }));`, "the overview's rows");
 assertEq(rows, list.map((m) => ({ name: m.name, description: m.description })), "overview rows equal machina list --json (inside the shell's iframe)");
+
+if (env.READ_ONLY === "1") {
+    // Without administrative access: the page says so and offers no change.
+    const ro = await waitFor(`return !d.querySelector("#readonly").hidden && {
+        newVm: d.querySelector("#new-vm").disabled,
+        rowButtons: [...d.querySelectorAll("#vms tbody button")].every(b => b.disabled),
+        text: d.querySelector("#readonly").textContent.trim().split("\\n")[0],
+    };`, "the read-only notice");
+    assertEq([ro.newVm, ro.rowButtons], [true, true], "read-only: Create and the row actions are disabled (" + ro.text + ")");
+    await inFrame(`d.querySelector('a[href="#/vm/web-01"]').click(); return true;`);
+    const vmRo = await waitFor(`return d.querySelector("#f-description").value === "Web front end (Debian 12)" && {
+        description: d.querySelector("#f-description").disabled,
+        review: d.querySelector("#review").disabled,
+        apply: d.querySelector("#apply").disabled,
+        start: d.querySelector('[data-action="start"]').disabled,
+        dissolve: d.querySelector("#dissolve").disabled,
+    };`, "web-01's page, read-only");
+    assertEq(Object.values(vmRo), [true, true, true, true, true], "read-only: the editor and the lifecycle buttons are disabled");
+    finish(0, "cockpit page (read-only): all assertions passed in " + ((Date.now() - t0) / 1000).toFixed(1) + " s");
+}
 await shot("cockpit-overview.png");
+
+// Live updates: a machine file added behind the page's back shows up.
+writeFileSync(join(cfg, "machine.conf.d", "outside.conf.json"),
+    JSON.stringify({ id: "0d1b2c3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d", description: "Added outside", tags: ["server"] }, null, "\t") + "\n");
+await waitFor(`return [...d.querySelectorAll("#vms tbody tr")].some(r => r.dataset.name === "outside");`, "the outside VM in the overview");
+ok("live update: a machine file added outside the page appears in the overview");
 
 // 2. A VM's page: edit the description and save; the formatting is kept.
 const file = join(cfg, "machine.conf.d", "web-01.conf.json");
