@@ -179,9 +179,18 @@
 
     let vm = null; // {name, path, text, tag, obj, indent, newline}
 
+    /* A machine name as machina accepts it: it becomes part of file paths
+     * written as root, so nothing else (no "/", no "..") gets through. */
+    const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
     function currentVm() {
-        const m = /^\/vm\/(.+)$/.exec(cockpit.location.path.length ? "/" + cockpit.location.path.join("/") : "/");
-        return m ? decodeURIComponent(m[1]) : null;
+        const p = cockpit.location.path;
+        if (p.length !== 2 || p[0] !== "vm") return null;
+        if (!NAME.test(p[1]) || p[1].includes("..")) {
+            showError("Not a machine name: " + p[1]);
+            return null;
+        }
+        return p[1];
     }
 
     function renderVmState() {
@@ -242,6 +251,11 @@
         $("#f-cores").value = attrs.cpu?.cores ?? "";
         $("#f-threads").value = attrs.cpu?.threads ?? "";
         $("#f-tpm").checked = !!attrs.tpm?.enabled;
+        // What machina uses when a field is empty (from tags or defaults).
+        const eff = tagsByMachine[vm.name] || {};
+        $("#f-ram").placeholder = eff["ram-mib"] ? eff["ram-mib"] + " (from tags or default)" : "";
+        for (const k of ["sockets", "cores", "threads"])
+            $("#f-" + k).placeholder = eff.cpu && eff.cpu[k] ? eff.cpu[k] + " (from tags or default)" : "";
         $("#f-vars").value = Object.entries(o.vars || {}).map(([k, v]) => k + "=" + v).join("\n");
         for (const k of ["volumes", "connections", "devices"])
             $("#f-" + k).value = o[k] === undefined ? "" : JSON.stringify(o[k], null, 2);
@@ -535,6 +549,11 @@
             src.textContent = "journalctl -u machina-qemu-" + name + ".service";
         }
         $("#logs").textContent = (r.out || r.err || "").trim() || "(no entries)";
+        // The serial console's log comes with `machina logs --console` (issue
+        // 11); until then the page says where it is not.
+        const c = await machina(["logs", "--console", "-n", "100", name]);
+        $("#console-log").textContent = c.ok ? (c.out.trim() || "(empty)")
+            : "No console log: this machina has no `logs --console` command.";
     }
 
     /* ---- New VM and dissolve ---- */
@@ -552,7 +571,7 @@
         ev.preventDefault();
         const form = $("#create-form");
         const name = $("#c-name").value.trim();
-        if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name))
+        if (!NAME.test(name) || name.includes(".."))
             return showProblems(form, [{ path: "name", message: "a name is letters, digits, '.', '_' and '-'" }], $("#create-errors"));
         if (machines.some(m => m.name === name))
             return showProblems(form, [{ path: "name", message: "a machine named " + name + " exists" }], $("#create-errors"));
