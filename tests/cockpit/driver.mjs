@@ -209,4 +209,21 @@ ok("machina check accepts the new machine file");
 const rows2 = await waitFor(`return [...d.querySelectorAll("#vms tbody tr")].map(r => r.dataset.name).includes("cockpit-new") && "yes";`, "the new VM in the overview");
 ok("the overview lists the new VM: " + rows2);
 
+// Dissolve asks first, saying the disks stay (cancelled here: without
+// systemd there is nothing to dissolve).
+await inFrame(`d.querySelector('a[href="#/vm/cockpit-new"]').click(); return true;`);
+await waitFor(`return d.querySelector("#vm-title").textContent === "cockpit-new";`, "cockpit-new's page");
+await inFrame(`d.querySelector("#dissolve").click(); return true;`);
+const ask = await waitFor(`const g = d.querySelector("#dissolve-dialog"); return g.open && g.textContent.replace(/\\s+/g, " ");`, "the dissolve confirmation");
+if (!/the disks stay/.test(ask) || !/cockpit-new/.test(ask)) fail("dissolve confirmation: " + ask);
+await inFrame(`d.querySelector("#dissolve-cancel").click(); return true;`);
+await waitFor(`return !d.querySelector("#dissolve-dialog").open;`, "the confirmation to close");
+ok("dissolve asks first and says the disks stay");
+
+// A name from the URL that is not a machine name never reaches a path.
+await inFrame(`w.location.hash = "#/vm/" + encodeURIComponent("../../etc/passwd"); return true;`);
+const bad = await waitFor(`const e = d.querySelector("#global-error"); return !e.hidden && e.textContent;`, "the bad-name error");
+if (!/Not a machine name/.test(bad)) fail("bad name: " + bad);
+ok("a path in the URL is refused: " + bad);
+
 finish(0, "cockpit page: all assertions passed in " + ((Date.now() - t0) / 1000).toFixed(1) + " s");
