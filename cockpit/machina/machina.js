@@ -434,6 +434,10 @@
         d.replaceChildren(...diffLines(vm.text, text)
             .filter((l, k, all) => l[0] !== " " || all.slice(Math.max(0, k - 2), k + 3).some(n => n[0] !== " "))
             .map(([op, line]) => el("span", { class: op === "+" ? "add" : op === "-" ? "del" : "" }, op + " " + line + "\n")));
+        // The file is rewritten as JSON with its own indentation and key
+        // order; a layout of its own (one-line arrays, spacing) is not kept.
+        const same = JSON.stringify(vm.obj, null, vm.indent) + (vm.newline ? "\n" : "") === vm.text;
+        $("#layout-note").hidden = same;
         $("#review-panel").hidden = false;
         $("#save").focus();
     }

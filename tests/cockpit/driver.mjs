@@ -159,6 +159,7 @@ await inFrame(setField, { sel: "#f-description", value: "Web front end (edited i
 await inFrame(`d.querySelector("#review").click(); return true;`);
 const diff = await waitFor(`const p = d.querySelector("#review-panel"); return !p.hidden && d.querySelector("#diff").textContent;`, "the diff");
 if (!diff.includes("+ \t\"description\": \"Web front end (edited in Cockpit)\",")) fail("diff lacks the new line:\n" + diff);
+if (await inFrame(`return !d.querySelector("#layout-note").hidden;`).then((r) => r.value)) fail("layout note shown for a plain indented file");
 ok("review shows the diff");
 await inFrame(`d.querySelector("#save").click(); return true;`);
 await waitFor(`const b = d.querySelector("#apply-result"); return !b.hidden && b.textContent.startsWith("Saved");`, "saved");
