@@ -253,9 +253,12 @@
         $("#f-tpm").checked = !!attrs.tpm?.enabled;
         // What machina uses when a field is empty (from tags or defaults).
         const eff = tagsByMachine[vm.name] || {};
-        $("#f-ram").placeholder = eff["ram-mib"] ? eff["ram-mib"] + " (from tags or default)" : "";
-        for (const k of ["sockets", "cores", "threads"])
-            $("#f-" + k).placeholder = eff.cpu && eff.cpu[k] ? eff.cpu[k] + " (from tags or default)" : "";
+        const hint = (input, v) => {
+            input.placeholder = v ? String(v) : "";
+            input.title = v ? "Empty: " + v + " from the tags or machina's default" : "";
+        };
+        hint($("#f-ram"), eff["ram-mib"]);
+        for (const k of ["sockets", "cores", "threads"]) hint($("#f-" + k), eff.cpu && eff.cpu[k]);
         $("#f-vars").value = Object.entries(o.vars || {}).map(([k, v]) => k + "=" + v).join("\n");
         for (const k of ["volumes", "connections", "devices"])
             $("#f-" + k).value = o[k] === undefined ? "" : JSON.stringify(o[k], null, 2);
