@@ -213,6 +213,9 @@ fn build(
             m.origin.file.display()
         )));
     }
+    if let Some((origin, why)) = &m.group.refused {
+        return Err(CliError(format!("{origin}: {why}")));
+    }
     let hw = qemu::build(&m)?;
     let id = IdRequest::of(&m);
     let uid = id_of(&id);

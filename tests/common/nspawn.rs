@@ -178,10 +178,11 @@ impl Container {
                 a.push(p.as_os_str());
                 a
             }))
-            // No network to wait for (--private-network): masked from the
-            // start, so that a host unit wanting network-online.target
-            // (cockpit-motd, …) cannot hold the boot for wait-online's
-            // 2 minutes.
+            // The container has no network (--private-network), so nothing
+            // can wait for it: masked from the start, network-online.target
+            // (wanted by machina's units, and by cockpit-motd.service when
+            // Cockpit is installed on the host) is reached at once instead
+            // of holding `is-system-running --wait` for wait-online's 2 min.
             .args([
                 "--",
                 "systemd.firstboot=off",
@@ -319,7 +320,10 @@ impl Container {
 
     /// Writes a unit file to `/etc/systemd/system/<name>` inside.
     pub fn write_unit(&self, name: &str, text: &str) {
-        let path = self.path("/etc/systemd/system").join(name);
+        let dir = self.path("/etc/systemd/system");
+        // A first boot that enables nothing leaves the directory uncreated.
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(name);
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 
