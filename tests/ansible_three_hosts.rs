@@ -1,10 +1,14 @@
 //! The Ansible role in `contrib/ansible/` against three "hosts": three
 //! systemd-nspawn containers booting systemd, each with its own bridge and
 //! disk pool, reached by Debian's `ansible-playbook` through the
-//! `community.docker.nsenter` connection plugin. One run installs the
-//! freshly built `.deb` and brings up one VM per host (QEMU as the VM's
-//! uid); a second run reports `changed=0` everywhere; editing one machine
-//! file changes only that host.
+//! `community.docker.nsenter` connection plugin. Each host boots a clean
+//! Debian 12 root (`nspawn::debian_root`, with python3 and python3-apt for
+//! Ansible) on a throw-away overlay, so the role's `apt` task installs the
+//! `.deb` with its dependencies as on a real host: QEMU comes from Debian,
+//! out of the root's apt archive cache (the containers have no network).
+//! One run installs the freshly built `.deb` and brings up one VM per host
+//! (QEMU as the VM's uid); a second run reports `changed=0` everywhere;
+//! editing one machine file changes only that host.
 //!
 //! The `.deb` comes from `scripts/package` (the packaging issue), or from
 //! `$MACHINA_DEB`; without either the test is skipped, saying so.
@@ -16,6 +20,7 @@ use common::TempDir;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use common::nspawn::Container;
 use serde_json::json;
@@ -43,12 +48,12 @@ fn package(test: &str) -> Option<PathBuf> {
         "scripts/package failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = root.join("target/packages");
-    let deb = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .unwrap_or_else(|| panic!("no .deb in {}", dir.display()));
+    // machina's own .deb, not machina-cockpit's next to it.
+    let deb = root.join(format!(
+        "target/packages/machina_{}-1_amd64.deb",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(deb.exists(), "scripts/package made no {}", deb.display());
     Some(deb)
 }
 
@@ -86,14 +91,20 @@ fn ansible_role_on_three_hosts() {
     let Some(deb) = package(TEST) else {
         return;
     };
+    let Some(root) = common::nspawn::debian_root(TEST) else {
+        return;
+    };
     let tmp = TempDir::new("ansible");
     let bin_dir = common::bin("machina").parent().unwrap().to_owned();
-    let hosts: Vec<Container> = (0..3)
-        .map(|_| {
-            Container::try_boot_writable(&bin_dir, &[])
-                .unwrap_or_else(|e| panic!("{TEST}: cannot boot systemd in nspawn: {e}"))
-        })
-        .collect();
+    let t0 = Instant::now();
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        let Some(c) = Container::boot_root(TEST, &root, &bin_dir) else {
+            return;
+        };
+        hosts.push(c);
+    }
+    println!("three hosts booted in {:?}", t0.elapsed());
     // Does the packaged machina (built from this tree) have `check`?
     let has_check = Command::new(common::bin("machina"))
         .args(["check", "--help"])
@@ -167,7 +178,12 @@ fn ansible_role_on_three_hosts() {
     };
 
     // First run: everything is installed and started on every host.
+    let t = Instant::now();
     let first = playbook("first run");
+    println!(
+        "first run (QEMU from Debian on each host): {:?}",
+        t.elapsed()
+    );
     assert!(first.values().all(|&n| n > 0), "{first:?}");
     for (c, (vm, _)) in hosts.iter().zip(&vms) {
         let unit = format!("machina-qemu-{vm}.service");
