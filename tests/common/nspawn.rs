@@ -41,9 +41,6 @@ pub struct Container {
     pid: u32,
     log: PathBuf,
     preset: PathBuf,
-    /// Upper directories of `--overlay=` mounts, which nspawn leaves
-    /// behind when it has to be killed.
-    overlay_dirs: Vec<PathBuf>,
 }
 
 /// What is missing for [`Container::boot`], or `None` if nothing is.
@@ -101,14 +98,7 @@ impl Container {
 
     /// [`Container::try_boot`] with more host paths bound in.
     pub fn try_boot_with(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
-        Container::try_boot_image(None, bin_dir, binds, &[])
-    }
-
-    /// [`Container::try_boot_with`] with `/usr` writable too (an overlay
-    /// on the host's, its changes in a temporary directory that nspawn
-    /// removes): for installing a package inside.
-    pub fn try_boot_writable(bin_dir: &Path, binds: &[&Path]) -> Result<Container, String> {
-        Container::try_boot_image(None, bin_dir, binds, &["--overlay=/usr::/usr"])
+        Container::try_boot_image(None, bin_dir, binds)
     }
 
     /// Boots the root file system `root` (a [`debian_root`]) instead of the
@@ -119,7 +109,7 @@ impl Container {
             super::skip(test, &why);
             return None;
         }
-        match Container::try_boot_image(Some(root), bin_dir, &[], &[]) {
+        match Container::try_boot_image(Some(root), bin_dir, &[]) {
             Ok(c) => Some(c),
             Err(e) => panic!("{test}: cannot boot systemd in nspawn: {e}"),
         }
@@ -129,7 +119,6 @@ impl Container {
         root: Option<&Path>,
         bin_dir: &Path,
         binds: &[&Path],
-        extra: &[&str],
     ) -> Result<Container, String> {
         let name = format!(
             "mt-{}-{}",
@@ -165,7 +154,6 @@ impl Container {
                 Some(r) => vec!["-D".into(), r.into(), "--volatile=overlay".into()],
             })
             .arg("-b")
-            .args(extra)
             // No D-Bus on the host: neither registration nor a scope unit.
             .args(["--register=no", "--keep-unit", "--private-network"])
             .args(["--console=read-only", "-M", &name])
@@ -200,15 +188,9 @@ impl Container {
             pid: 0,
             log,
             preset,
-            overlay_dirs: Vec::new(),
         };
         let t0 = Instant::now();
         c.pid = c.wait_for_init()?;
-        if !extra.is_empty() {
-            c.overlay_dirs = overlay_temp_dirs(
-                &std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid)).unwrap_or_default(),
-            );
-        }
         let t1 = t0.elapsed();
         // Generous: several containers boot at once in the suite, and other
         // work loads the host (a boot took over 60 s with both cores busy).
@@ -385,32 +367,7 @@ impl Drop for Container {
         // Failures already carry the log's tail or the unit's journal.
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.preset);
-        for d in &self.overlay_dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
-}
-
-/// The `/var/tmp/nspawn-temp-*` directories holding the upper layers of
-/// the overlays in a container's `mountinfo`.
-fn overlay_temp_dirs(mountinfo: &str) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = mountinfo
-        .split([',', ' '])
-        .filter_map(|opt| opt.strip_prefix("upperdir="))
-        .filter_map(|upper| {
-            Path::new(upper)
-                .ancestors()
-                .find(|a| a.parent() == Some(Path::new("/var/tmp")))
-                .filter(|d| {
-                    d.file_name()
-                        .and_then(|f| f.to_str())
-                        .is_some_and(|f| f.starts_with("nspawn-temp-"))
-                })
-                .map(Path::to_owned)
-        })
-        .collect();
-    dirs.dedup();
-    dirs
 }
 
 /// The first child of `parent` whose `comm` is `name`.
