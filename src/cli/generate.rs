@@ -42,16 +42,15 @@ pub fn generate(
     let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
     // Build everything first: any error aborts before anything is written,
     // and every machine's problem is reported.
-    let mut outputs: Vec<(Plan, String)> = Vec::new();
+    let mut outputs: Vec<(Plan, String, Option<String>)> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
-    let mut one = |m: &crate::config::Machine| -> Result<(Plan, String), CliError> {
-        if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
-            // The Go program ran swtpm in a unit of its own; machina does
-            // not yet, and a unit whose QEMU waits for a socket nobody
-            // serves would only fail at start.
+    let mut one = |m: &crate::config::Machine| -> Result<(Plan, String, Option<String>), CliError> {
+        if m.tpm.as_ref().is_some_and(|t| t.data.is_none()) {
+            // swtpm needs a place for the TPM's state, as in the Go program.
             return Err(CliError(format!(
-                "{}: attrs.tpm: machina does not run swtpm yet; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
-                m.origin.file.display()
+                "{}: attrs.tpm.data: a TPM needs a state directory; set attrs.tpm.data to a volume of a tpm-data storage pool (e.g. {{\"storage\": \"tpm\", \"name\": \"{}\"}}), or disable the TPM",
+                m.origin.file.display(),
+                m.name
             )));
         }
         let hw = qemu::build(m)?;
@@ -63,13 +62,15 @@ pub fn generate(
         opts.machina = target.bin_dir.join("machina");
         opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
         let text = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+        let swtpm = crate::systemd::swtpm_unit::render(&plan, &opts)
+            .map_err(|e| CliError(e.to_string()))?;
         if m.qmp_sockets.is_empty() {
             eprintln!(
                 "machina: {}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown",
                 m.name
             );
         }
-        Ok((plan, text))
+        Ok((plan, text, swtpm))
     };
     for m in &machines {
         match one(m) {
@@ -80,9 +81,10 @@ pub fn generate(
     if !problems.is_empty() {
         return Err(CliError(problems.join("\n")));
     }
-    for (i, (plan, text)) in outputs.iter().enumerate() {
+    for (i, (plan, text, swtpm)) in outputs.iter().enumerate() {
         let plan_path = plan_dir.join(format!("{}.json", plan.machine));
         let unit_path = unit_dir.join(unit::unit_name(&plan.machine));
+        let swtpm_path = unit_dir.join(crate::systemd::swtpm_unit::swtpm_unit_name(&plan.machine));
         if preview {
             if i > 0 {
                 writeln!(out)?;
@@ -91,8 +93,21 @@ pub fn generate(
             write!(out, "{}", plan.to_json())?;
             writeln!(out, "----{}----", unit_path.display())?;
             write!(out, "{text}")?;
+            if let Some(s) = swtpm {
+                writeln!(out, "----{}----", swtpm_path.display())?;
+                write!(out, "{s}")?;
+            }
         } else {
             write_file_atomic(&plan_path, plan.to_json().as_bytes(), 0o644)?;
+            match swtpm {
+                Some(s) => write_file_atomic(&swtpm_path, s.as_bytes(), 0o644)?,
+                // TPM turned off: the unit goes, the state stays.
+                None => match std::fs::remove_file(&swtpm_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(CliError(format!("{}: {e}", swtpm_path.display()))),
+                },
+            }
             write_file_atomic(&unit_path, text.as_bytes(), 0o644)?;
         }
     }

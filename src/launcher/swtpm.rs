@@ -1,0 +1,140 @@
+//! `machina-launch --swtpm <vm>` / `--swtpm --plan FILE`: prepares a VM's
+//! software TPM as root ([`crate::prepare::tpm`]), manufactures it with
+//! `swtpm_setup` on first start only, then drops to the VM's uid:gid (no
+//! capabilities, `no_new_privs`) and execs `swtpm socket --terminate` on
+//! the control socket root bound.
+//!
+//! swtpm runs as the VM's own uid, the one QEMU runs as: QEMU already holds
+//! everything the TPM protects (the guest's disks and memory, where an
+//! unsealed BitLocker key lives), so a second id would add an allocation and
+//! a group for little; every other VM's uid is kept out (state 0700,
+//! socket 0600), as libvirt keeps other users out of its `tss`-owned state.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use super::{refuse, Failure, Step};
+use crate::plan::Plan;
+use crate::prepare::{self, privdrop, sys, tpm};
+
+/// The fd number swtpm finds its listening control socket at.
+pub const CTRL_FD: i32 = 3;
+
+/// What to install when a swtpm binary is missing.
+pub const PACKAGE_HINT: &str =
+    "install the Debian packages swtpm and swtpm-tools (`apt-get install swtpm swtpm-tools`)";
+
+/// Prepares and execs swtpm for `plan`. Returns only on failure.
+pub fn run(plan: &Plan) -> Failure {
+    match run_inner(plan) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    }
+}
+
+fn run_inner(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
+    let Some(t) = &plan.tpm else {
+        return refuse(
+            "tpm",
+            "the plan has no TPM (attrs.tpm.enabled is off or attrs.tpm.data is unset); run `machina gen`".into(),
+        );
+    };
+    if let Err(e) = crate::identity::check_vm_id(plan.uid, plan.machine.as_str()) {
+        return refuse("identity", e.to_string());
+    }
+    for b in [&t.swtpm, &t.swtpm_setup, &t.swtpm_localca] {
+        if std::fs::symlink_metadata(b).is_err() {
+            return refuse("tpm", format!("{} is missing: {PACKAGE_HINT}", b.display()));
+        }
+    }
+    let gids = [plan.gid];
+    let swtpm_fd = privdrop::check_binary(&t.swtpm, plan.uid, &gids).step("tpm")?;
+    let setup_fd = privdrop::check_binary(&t.swtpm_setup, plan.uid, &gids).step("tpm")?;
+    let p = tpm::prepare(plan, t).step("tpm state")?;
+    let prefix = format!("machina-launch: {}: swtpm: ", plan.machine);
+    let path_env = format!(
+        "PATH={}",
+        t.swtpm.parent().unwrap_or(Path::new("/usr/bin")).display()
+    );
+    let env = [path_env, "HOME=/".to_owned()];
+    if !p.manufactured {
+        let args: Vec<String> = [
+            "--tpm-state",
+            &p.state_dir.to_string_lossy(),
+            "--config",
+            &p.setup_config.to_string_lossy(),
+            "--create-ek-cert",
+            "--create-platform-cert",
+            "--lock-nvram",
+            "--not-overwrite",
+            "--tpm2",
+            "--display",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let child = sys::fork_single_threaded()
+            .map_err(|source| prepare::Error::Sys {
+                op: "fork for swtpm_setup",
+                source,
+            })
+            .step("tpm setup")?;
+        match child {
+            None => {
+                let spec = privdrop::ExecSpec {
+                    binary: &t.swtpm_setup,
+                    binary_fd: &setup_fd,
+                    hint: String::new(),
+                    args: &args,
+                    env: &env,
+                    uid: plan.uid,
+                    gid: plan.gid,
+                    kvm_gid: plan.gid,
+                    fds: Vec::new(),
+                };
+                let e = privdrop::drop_and_exec(&spec, &prefix);
+                sys::die(&format!("{prefix}swtpm_setup: {e}\n"));
+            }
+            Some(pid) => match nix::sys::wait::waitpid(pid, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
+                Ok(status) => {
+                    return refuse(
+                        "tpm setup",
+                        format!("swtpm_setup failed ({status:?}); its output is above; the TPM state in {} was not manufactured", t.data_dir.display()),
+                    )
+                }
+                Err(e) => {
+                    return refuse("tpm setup", format!("wait for swtpm_setup: {e}"));
+                }
+            },
+        }
+    }
+    privdrop::detach_terminal(&prefix).step("terminal")?;
+    let args: Vec<String> = vec![
+        "socket".into(),
+        "--tpm2".into(),
+        "--ctrl".into(),
+        format!("type=unixio,fd={CTRL_FD}"),
+        "--tpmstate".into(),
+        format!("dir={},mode=0600", p.state_dir.display()),
+        "--terminate".into(),
+        "--log".into(),
+        "level=1".into(),
+    ];
+    let spec = privdrop::ExecSpec {
+        binary: &t.swtpm,
+        binary_fd: &swtpm_fd,
+        hint: String::new(),
+        args: &args,
+        env: &env,
+        uid: plan.uid,
+        gid: plan.gid,
+        kvm_gid: plan.gid,
+        fds: vec![(p.listener.as_fd(), CTRL_FD)],
+    };
+    let e = privdrop::drop_and_exec(&spec, &prefix);
+    Err(Failure {
+        step: "swtpm".into(),
+        error: e.error,
+    })
+}
