@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::launch as l;
@@ -20,6 +23,39 @@ fn status_field(pid: u32, key: &str) -> String {
                 .map(|v| v.trim().to_owned())
         })
         .unwrap_or_default()
+}
+
+/// Reads the swtpm step's stderr until it says the TPM is served (the
+/// socket listens from then on); drains the rest in a thread.
+fn wait_served(swtpm: &mut Child) -> String {
+    let mut lines = BufReader::new(swtpm.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if l.contains("serving the TPM on") {
+            std::thread::spawn(move || lines.for_each(drop));
+            return l;
+        }
+        seen.push(l);
+    }
+    panic!("the swtpm step ended: {seen:#?} ({:?})", swtpm.wait());
+}
+
+/// Connects to `socket` as `uid:uid` in a child (between fork and exec,
+/// after the uid change); the error if it cannot.
+fn connect_as(uid: u32, socket: &Path) -> std::io::Result<()> {
+    let socket = socket.to_owned();
+    let mut c = Command::new("/bin/true");
+    c.uid(uid)
+        .gid(uid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure only connects a socket (no allocation: the
+    // address is built on the stack) and returns.
+    unsafe {
+        c.pre_exec(move || std::os::unix::net::UnixStream::connect(&socket).map(drop));
+    }
+    c.status().map(drop)
 }
 
 #[test]
@@ -89,7 +125,6 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
 
     let ek = |run: u32| -> Vec<u8> {
         // swtpm: its step returns once the socket listens and swtpm runs.
-        let swtpm_err = s.dir.join(format!("swtpm-{run}.err"));
         let mut swtpm = ns
             .command(common::bin("machina-launch").to_str().unwrap())
             .arg("--swtpm")
@@ -97,25 +132,11 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
             .arg(s.plan_path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&swtpm_err).unwrap())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let setup_ran_before = std::fs::read_to_string(&swtpm_err).unwrap_or_default();
-        let _ = setup_ran_before;
-        // QEMU connects; the backlog holds it until swtpm accepts.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        // Wait for the socket by trying the launch: the swtpm step binds it
-        // before it execs swtpm, so the launcher's own checks are enough.
-        while !tpm.socket.exists() {
-            if let Ok(Some(st)) = swtpm.try_wait() {
-                panic!(
-                    "swtpm step ended ({st}): {}",
-                    std::fs::read_to_string(&swtpm_err).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "no swtpm socket");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let served = wait_served(&mut swtpm);
+        assert_eq!(served.contains("swtpm_setup ran"), run == 1, "{served}");
         let stderr = s.dir.join(format!("qemu-{run}.err"));
         let child = ns
             .command(common::bin("machina-launch").to_str().unwrap())
@@ -127,6 +148,7 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
             .spawn()
             .unwrap();
         let mut q = l::Qemu { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let log = std::fs::read_to_string(&console).unwrap_or_default();
             if log.contains(common::guest::READY_MARKER) {
@@ -162,6 +184,19 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
         assert_eq!((md.uid(), md.mode() & 0o7777), (plan.uid, 0o700));
         let sock = std::fs::symlink_metadata(&tpm.socket).unwrap();
         assert_eq!((sock.uid(), sock.mode() & 0o777), (plan.uid, 0o600));
+        // Another VM's uid can neither read the state nor reach the TPM.
+        let other = plan.uid + 1;
+        let read = Command::new("/bin/cat")
+            .arg(tpm.data_dir.join("state/tpm2-00.permall"))
+            .uid(other)
+            .gid(other)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!read.success(), "uid {other} read the TPM state");
+        let e = connect_as(other, &tpm.socket).expect_err("another uid connected");
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
         let mut c = l::qmp_connect(&mut q, &plan.runtime_dir().join("qmp/command.0.qmp.socket"));
         let r = l::qmp(&mut c, r#"{"execute":"query-tpm"}"#);
         assert!(r.contains("tpm-crb") && r.contains("emulator"), "{r}");
@@ -181,4 +216,257 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
     let first = ek(1);
     let second = ek(2);
     assert_eq!(first, second, "the TPM's CA is the same after a restart");
+}
+
+/// A VM with a TPM whose state directory is `pool/state.tpm-data`.
+fn tpm_setup(qemu: &Path) -> (Setup, std::path::PathBuf) {
+    let mut pool = None;
+    let s = Setup::with(qemu, |host, m| {
+        let p = std::path::PathBuf::from(host["storage"]["disks"]["path"].as_str().unwrap())
+            .with_file_name("tpm");
+        host["storage"]["tpm"] = serde_json::json!({"path": p, "type": "tpm-data"});
+        pool = Some(p);
+        m["attrs"] = serde_json::json!({"tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}});
+    });
+    let pool = pool.unwrap();
+    std::fs::create_dir_all(&pool).unwrap();
+    let out = s.machina(&["gen", "--root", s.dir.join("root").to_str().unwrap(), &s.vm]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (s, pool)
+}
+
+fn swtpm_step(s: &Setup) -> (Option<i32>, String) {
+    let out = Command::new(common::bin("machina-launch"))
+        .arg("--swtpm")
+        .arg("--plan")
+        .arg(s.plan_path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_swtpm_is_one_line_naming_the_packages() {
+    let test = "missing_swtpm_is_one_line_naming_the_packages";
+    let Some(qemu) = common::privileged(test) else {
+        return;
+    };
+    let (s, pool) = tpm_setup(&qemu);
+    let mut plan =
+        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    plan.tpm.as_mut().unwrap().swtpm = s.dir.join("no-such-dir/swtpm");
+    std::fs::write(s.plan_path(), plan.to_json()).unwrap();
+    let (code, err) = swtpm_step(&s);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("is missing") && err.contains("apt-get install swtpm swtpm-tools"),
+        "{err}"
+    );
+    // Nothing was prepared.
+    assert!(!pool.join("state.tpm-data").exists());
+}
+
+#[test]
+fn a_state_directory_that_is_a_symlink_is_refused() {
+    let test = "a_state_directory_that_is_a_symlink_is_refused";
+    let Some(qemu) = common::privileged(test) else {
+        return;
+    };
+    let (s, pool) = tpm_setup(&qemu);
+    let elsewhere = s.dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, pool.join("state.tpm-data")).unwrap();
+    let (code, err) = swtpm_step(&s);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("symbolic link") && err.contains("state.tpm-data"),
+        "{err}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&elsewhere).unwrap();
+    assert_eq!(md.uid(), 0, "the link's target was handed over");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
+fn state_left_root_owned_by_the_go_program_is_handed_to_the_vm() {
+    let test = "state_left_root_owned_by_the_go_program_is_handed_to_the_vm";
+    let Some(qemu) = common::privileged(test) else {
+        return;
+    };
+    if !Path::new("/usr/bin/swtpm").exists() {
+        common::skip(
+            test,
+            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
+        );
+        return;
+    }
+    let (s, pool) = tpm_setup(&qemu);
+    let plan =
+        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    // What Go's root swtpm left: root-owned state and CA files, plus a
+    // hard link that must not be followed into a chown.
+    let data = pool.join("state.tpm-data");
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    std::fs::create_dir_all(data.join("authority")).unwrap();
+    std::fs::write(data.join("authority/certserial"), "7\n").unwrap();
+    let outside = s.dir.join("outside");
+    std::fs::write(&outside, "root's").unwrap();
+    std::fs::hard_link(&outside, data.join("authority/linked")).unwrap();
+    let mut swtpm = Command::new(common::bin("machina-launch"))
+        .arg("--swtpm")
+        .arg("--plan")
+        .arg(s.plan_path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let served = wait_served(&mut swtpm);
+    use std::os::unix::fs::MetadataExt;
+    for p in ["", "state", "authority", "authority/certserial"] {
+        let md = std::fs::symlink_metadata(data.join(p)).unwrap();
+        assert_eq!(md.uid(), plan.uid, "{p} {served}");
+    }
+    assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(swtpm.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = swtpm.wait();
+}
+
+#[test]
+fn machina_run_starts_and_stops_swtpm() {
+    let test = "machina_run_starts_and_stops_swtpm";
+    let Some(qemu) = common::privileged(test) else {
+        return;
+    };
+    if !Path::new("/usr/bin/swtpm").exists() {
+        common::skip(
+            test,
+            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
+        );
+        return;
+    }
+    let (s, _pool) = tpm_setup(&qemu);
+    let ns = NetNs::new(true);
+    let mut run = ns
+        .command(common::bin("machina").to_str().unwrap())
+        .arg("--config-dir")
+        .arg(s.dir.join("config"))
+        .arg("--plan-dir")
+        .arg(s.dir.join("root/etc/machina/launch"))
+        .args(["run", "--timeout", "1s", &s.vm])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = run.stderr.take().unwrap();
+    let errs = std::thread::spawn(move || {
+        BufReader::new(err)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut out = BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for l in out.by_ref() {
+        let l = l.unwrap();
+        seen.push(l.clone());
+        if l.contains("is running") {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("is running")),
+        "{seen:#?} {:#?}",
+        errs.join()
+    );
+    let plan =
+        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap_or_default())
+            .ok();
+    // run builds its plan itself: the VM's uid is the one gen chose.
+    let uid = plan.map(|p| p.uid).unwrap();
+    let swtpm = swtpm_pids(uid);
+    let cmdlines: Vec<String> = swtpm
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect();
+    assert_eq!(swtpm.len(), 1, "one swtpm as uid {uid}: {cmdlines:?}");
+    let pid = swtpm[0];
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
+    assert!(q.contains("tpm-crb") && q.contains("emulator"), "{q}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = run.wait().unwrap();
+    out.for_each(drop);
+    let errs = errs.join().unwrap();
+    assert!(st.code().is_some(), "{st}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "swtpm outlived machina run: {errs:#?}"
+    );
+}
+
+/// Pids of processes named swtpm running as `uid`.
+fn swtpm_pids(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "swtpm")
+                && !status_field(pid, "State").starts_with('Z')
+                && status_field(pid, "Uid")
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|u| u == uid.to_string())
+        })
+        .collect()
+}
+
+/// One QMP command on the VM's `command.0` socket; the reply line.
+fn qmp_once(vm: &str, cmd: &str) -> String {
+    use std::io::Write;
+    let path = Path::new(machina::plan::RUNTIME_ROOT)
+        .join(vm)
+        .join("qmp/command.0.qmp.socket");
+    let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    writeln!(w, "{cmd}").unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.contains("\"return\"") || line.contains("\"error\"") {
+            return line;
+        }
+    }
 }

@@ -109,6 +109,18 @@ fn run_inner(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
             },
         }
     }
+    // Said before the drop: the socket listens from here on, so this line
+    // is the event a caller may wait for.
+    eprintln!(
+        "{prefix}serving the TPM on {} as uid {} (swtpm_setup {})",
+        t.socket.display(),
+        plan.uid,
+        if p.manufactured {
+            "skipped: the TPM was manufactured before"
+        } else {
+            "ran"
+        }
+    );
     privdrop::detach_terminal(&prefix).step("terminal")?;
     let args: Vec<String> = vec![
         "socket".into(),

@@ -77,17 +77,20 @@ pub fn prepare(plan: &Plan, t: &Swtpm) -> Result<Prepared> {
 fn open_dir_path(parent: impl AsFd, name: &Path, shown: &Path) -> Result<OwnedFd> {
     match openat_nofollow(parent.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0) {
         Ok(fd) => Ok(fd),
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => {
-            Err(Error::WrongType {
-                path: shown.to_owned(),
-                found: "non-directory",
-                expected: "a directory",
-            })
+        Err(e) => {
+            // A link is refused as such, whatever error the open gave.
+            match stat_at(parent.as_fd(), &cstr(name)?) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                    Err(Error::Symlink(shown.to_owned()))
+                }
+                Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => Err(Error::WrongType {
+                    path: shown.to_owned(),
+                    found: kind(st.st_mode),
+                    expected: "a directory",
+                }),
+                _ => Err(e),
+            }
         }
-        Err(Error::Symlink(_)) | Err(Error::Io { .. }) if matches!(stat_at(parent.as_fd(), &cstr(name)?), Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK) => {
-            Err(Error::Symlink(shown.to_owned()))
-        }
-        Err(e) => Err(e),
     }
 }
 
