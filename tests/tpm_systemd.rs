@@ -163,7 +163,16 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
     let data = tpm.data_dir.to_str().unwrap().to_owned();
     let mut ca = Vec::new();
     for round in 1..=2 {
-        c.exec_ok(&["systemctl", "start", &unit_name]);
+        let out = c.exec(&["systemctl", "start", &unit_name]);
+        assert!(
+            out.status.success(),
+            "start: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.journal(&swtpm_name),
+            String::from_utf8_lossy(
+                &c.exec(&["sh", "-c", &format!("ls -ld /run/machina /run/machina/{vm} /run/machina/{vm}/swtpm /run/machina/{vm}/swtpm/*")]).stdout
+            )
+        );
         wait_for(
             &c,
             &swtpm_name,

@@ -121,6 +121,7 @@ fn run_inner(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
             "ran"
         }
     );
+    notify_ready();
     privdrop::detach_terminal(&prefix).step("terminal")?;
     let args: Vec<String> = vec![
         "socket".into(),
@@ -149,4 +150,27 @@ fn run_inner(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         step: "swtpm".into(),
         error: e.error,
     })
+}
+
+/// Tells systemd (`Type=notify`) that the TPM is served: the socket
+/// listens and swtpm is about to be exec'd in this very process. Until
+/// then the QEMU unit, ordered after this one, does not start (with
+/// `Type=exec` it would, while `swtpm_setup` still runs). Without
+/// `NOTIFY_SOCKET` (`machina run`), nothing to do.
+fn notify_ready() {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)
+        }
+        None => SocketAddr::from_pathname(&path),
+    };
+    if let (Ok(addr), Ok(sock)) = (addr, UnixDatagram::unbound()) {
+        let _ = sock.send_to_addr(b"READY=1", &addr);
+    }
 }

@@ -43,9 +43,11 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<Option<String>, UnitErr
         "StartLimitBurst=2".into(),
         String::new(),
         "[Service]".into(),
-        // The socket is listening before swtpm is exec'd: once the exec
-        // succeeded, QEMU may connect.
-        "Type=exec".into(),
+        // Ready (sd_notify from machina-launch) once the socket listens and
+        // the TPM is manufactured, just before swtpm is exec'd: only then
+        // may the QEMU unit start.
+        "Type=notify".into(),
+        "NotifyAccess=main".into(),
         format!("ExecStart={exec}"),
         "RestartSec=10s".into(),
         "TimeoutStopSec=1m30s".into(),
@@ -76,7 +78,11 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<Option<String>, UnitErr
         "MemoryDenyWriteExecute=yes".into(),
         "RestrictAddressFamilies=AF_UNIX".into(),
         "SystemCallArchitectures=native".into(),
-        "ReadWritePaths=/run/machina".into(),
+        // /run is read-only under ProtectSystem=strict: systemd makes the
+        // configuration and socket directory writable (and removes it).
+        format!("RuntimeDirectory=machina/{vm}/swtpm"),
+        "RuntimeDirectoryMode=0755".into(),
+        "RuntimeDirectoryPreserve=no".into(),
         format!("ReadWritePaths=-{}", w(pool)),
         format!("ReadWritePaths=-{}", w(sock_dir)),
     ] {
