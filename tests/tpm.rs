@@ -414,6 +414,12 @@ fn machina_run_starts_and_stops_swtpm() {
         assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    let st = s.machina(&["status", &s.vm]);
+    let st = String::from_utf8_lossy(&st.stdout).into_owned();
+    assert!(
+        st.contains(&format!("  tpm: ")) && st.contains(&format!("swtpm pid {pid} (uid {uid})")),
+        "{st}"
+    );
     let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
     assert!(q.contains("tpm-crb") && q.contains("emulator"), "{q}");
     nix::sys::signal::kill(
@@ -469,4 +475,52 @@ fn qmp_once(vm: &str, cmd: &str) -> String {
             return line;
         }
     }
+}
+
+#[test]
+fn dissolve_keeps_tpm_state_unless_purged_with_confirmation() {
+    let test = "dissolve_keeps_tpm_state_unless_purged_with_confirmation";
+    let Some(qemu) = common::privileged(test) else {
+        return;
+    };
+    let (s, pool) = tpm_setup(&qemu);
+    let data = pool.join("state.tpm-data");
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    std::fs::write(data.join("state/tpm2-00.permall"), "tpm").unwrap();
+    let units = s.dir.join("root/etc/systemd/system");
+    let dissolve = |extra: &[&str]| {
+        let mut args = vec!["--unit-dir", units.to_str().unwrap(), "dissolve"];
+        args.extend_from_slice(extra);
+        args.push(&s.vm);
+        s.machina(&args)
+    };
+    // --purge-tpm alone: refused, nothing removed.
+    let out = dissolve(&["--purge-tpm"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--yes-delete-tpm-state"), "{err}");
+    assert!(s.plan_path().exists() && data.join("state/tpm2-00.permall").exists());
+    // Confirmed: units, plan and the state directory go.
+    let swtpm_unit = units.join(format!("machina-swtpm-{}.service", s.vm));
+    assert!(swtpm_unit.exists());
+    let out = dissolve(&["--purge-tpm", "--yes-delete-tpm-state"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("removed {}", data.display())),
+        "{text}"
+    );
+    assert!(!data.exists() && !swtpm_unit.exists() && !s.plan_path().exists());
+    assert!(pool.exists(), "the pool stays");
+    // A plain dissolve keeps the state.
+    let out = s.machina(&["gen", "--root", s.dir.join("root").to_str().unwrap(), &s.vm]);
+    assert!(out.status.success());
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    let out = dissolve(&[]);
+    assert!(out.status.success());
+    assert!(data.join("state").exists() && !swtpm_unit.exists());
 }
