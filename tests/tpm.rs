@@ -417,7 +417,7 @@ fn machina_run_starts_and_stops_swtpm() {
     let st = s.machina(&["status", &s.vm]);
     let st = String::from_utf8_lossy(&st.stdout).into_owned();
     assert!(
-        st.contains(&format!("  tpm: ")) && st.contains(&format!("swtpm pid {pid} (uid {uid})")),
+        st.contains("  tpm: ") && st.contains(&format!("swtpm pid {pid} (uid {uid})")),
         "{st}"
     );
     let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
