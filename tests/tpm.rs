@@ -339,6 +339,12 @@ fn state_left_root_owned_by_the_go_program_is_handed_to_the_vm() {
         assert_eq!(md.uid(), plan.uid, "{p} {served}");
     }
     assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+    // A second swtpm for the same TPM is refused before it touches anything.
+    let (code, err) = swtpm_step(&s);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already served"), "{err}");
+    assert_eq!(std::fs::symlink_metadata(&data).unwrap().uid(), plan.uid);
+    assert!(plan.tpm.as_ref().unwrap().socket.exists());
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(swtpm.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -20,6 +20,17 @@ use crate::prepare::{self, privdrop, sys, tpm};
 /// The fd number swtpm finds its listening control socket at.
 pub const CTRL_FD: i32 = 3;
 
+/// The fd number swtpm holds its instance lock at (never used by it).
+pub const LOCK_FD: i32 = 4;
+
+/// The name of a VM's swtpm lock in [`crate::plan::LOCK_DIR`]: held (as
+/// QEMU holds the VM's) by swtpm for as long as it lives, so a second
+/// swtpm for the same TPM state (`machina run` beside the unit) is refused
+/// before anything is touched. VM locks are `vm.<vm>`: no clash.
+pub fn lock_name(plan: &Plan) -> String {
+    format!("swtpm.{}", plan.machine)
+}
+
 /// What to install when a swtpm binary is missing.
 pub const PACKAGE_HINT: &str =
     "install the Debian packages swtpm and swtpm-tools (`apt-get install swtpm swtpm-tools`)";
@@ -47,6 +58,21 @@ fn run_inner(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
             return refuse("tpm", format!("{} is missing: {PACKAGE_HINT}", b.display()));
         }
     }
+    let lock_dir = crate::prepare::runtime_dir::open_lock_dir().step("lock")?;
+    let lock = crate::prepare::lock::FileLock::acquire(
+        &lock_dir,
+        Path::new(crate::plan::LOCK_DIR),
+        &lock_name(plan),
+        std::time::Duration::ZERO,
+        || {
+            format!(
+                "the VM's TPM is already served (swtpm holds {}/{}); stop the VM first",
+                crate::plan::LOCK_DIR,
+                lock_name(plan)
+            )
+        },
+    )
+    .step("lock")?;
     let gids = [plan.gid];
     let swtpm_fd = privdrop::check_binary(&t.swtpm, plan.uid, &gids).step("tpm")?;
     let setup_fd = privdrop::check_binary(&t.swtpm_setup, plan.uid, &gids).step("tpm")?;
@@ -143,7 +169,7 @@ fn run_inner(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         uid: plan.uid,
         gid: plan.gid,
         kvm_gid: plan.gid,
-        fds: vec![(p.listener.as_fd(), CTRL_FD)],
+        fds: vec![(p.listener.as_fd(), CTRL_FD), (lock.fd().as_fd(), LOCK_FD)],
     };
     let e = privdrop::drop_and_exec(&spec, &prefix);
     Err(Failure {

@@ -80,7 +80,7 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<Option<String>, UnitErr
         "SystemCallArchitectures=native".into(),
         // /run is read-only under ProtectSystem=strict: systemd makes the
         // configuration and socket directory writable (and removes it).
-        format!("RuntimeDirectory=machina/{vm}/swtpm"),
+        format!("RuntimeDirectory=machina/{vm}/swtpm machina/.lock/swtpm.{vm}"),
         "RuntimeDirectoryMode=0755".into(),
         "RuntimeDirectoryPreserve=no".into(),
         format!("ReadWritePaths=-{}", w(pool)),
