@@ -41,6 +41,9 @@ pub enum Lock<'a> {
     Vm(&'a MachineName),
     /// Held while a mediated device is created: the lock directory itself.
     Mdev,
+    /// Held by the VM's swtpm for as long as it lives (`swtpm.<vm>`), so a
+    /// second swtpm for the same TPM state is refused.
+    Swtpm(&'a MachineName),
 }
 
 impl Lock<'_> {
@@ -50,6 +53,7 @@ impl Lock<'_> {
         match self {
             Lock::Vm(vm) => format!("vm.{vm}"),
             Lock::Mdev => ".".to_owned(),
+            Lock::Swtpm(vm) => format!("swtpm.{vm}"),
         }
     }
 
@@ -57,7 +61,7 @@ impl Lock<'_> {
     /// `/run/machina/.lock`.
     pub fn path(&self) -> PathBuf {
         match self {
-            Lock::Vm(_) => Path::new(LOCK_DIR).join(self.file_name()),
+            Lock::Vm(_) | Lock::Swtpm(_) => Path::new(LOCK_DIR).join(self.file_name()),
             Lock::Mdev => PathBuf::from(LOCK_DIR),
         }
     }

@@ -441,6 +441,8 @@ fn machina_run_starts_and_stops_swtpm() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "swtpm outlived machina run: {errs:#?}"
     );
+    let lock = Path::new(machina::plan::LOCK_DIR).join(format!("swtpm.{}", s.vm));
+    assert!(!lock.exists(), "the swtpm lock is left: {errs:#?}");
 }
 
 /// Pids of processes named swtpm running as `uid`.

@@ -23,12 +23,12 @@ pub const CTRL_FD: i32 = 3;
 /// The fd number swtpm holds its instance lock at (never used by it).
 pub const LOCK_FD: i32 = 4;
 
-/// The name of a VM's swtpm lock in [`crate::plan::LOCK_DIR`]: held (as
+/// The name of a VM's swtpm lock ([`crate::plan::Lock::Swtpm`]): held (as
 /// QEMU holds the VM's) by swtpm for as long as it lives, so a second
 /// swtpm for the same TPM state (`machina run` beside the unit) is refused
-/// before anything is touched. VM locks are `vm.<vm>`: no clash.
+/// before anything is touched.
 pub fn lock_name(plan: &Plan) -> String {
-    format!("swtpm.{}", plan.machine)
+    crate::plan::Lock::Swtpm(&plan.machine).file_name()
 }
 
 /// What to install when a swtpm binary is missing.
