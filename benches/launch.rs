@@ -142,6 +142,7 @@ impl Env {
                 binary: qemu.to_owned(),
                 args,
             },
+            tpm: None,
         };
         let plan_file = dir.join("plans/bench.json");
         std::fs::write(&plan_file, plan.to_json()).unwrap();

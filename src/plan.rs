@@ -41,6 +41,9 @@ pub enum Lock<'a> {
     Vm(&'a MachineName),
     /// Held while a mediated device is created: the lock directory itself.
     Mdev,
+    /// Held by the VM's swtpm for as long as it lives (`swtpm.<vm>`), so a
+    /// second swtpm for the same TPM state is refused.
+    Swtpm(&'a MachineName),
 }
 
 impl Lock<'_> {
@@ -50,6 +53,7 @@ impl Lock<'_> {
         match self {
             Lock::Vm(vm) => format!("vm.{vm}"),
             Lock::Mdev => ".".to_owned(),
+            Lock::Swtpm(vm) => format!("swtpm.{vm}"),
         }
     }
 
@@ -57,7 +61,7 @@ impl Lock<'_> {
     /// `/run/machina/.lock`.
     pub fn path(&self) -> PathBuf {
         match self {
-            Lock::Vm(_) => Path::new(LOCK_DIR).join(self.file_name()),
+            Lock::Vm(_) | Lock::Swtpm(_) => Path::new(LOCK_DIR).join(self.file_name()),
             Lock::Mdev => PathBuf::from(LOCK_DIR),
         }
     }
@@ -91,6 +95,27 @@ pub struct Plan {
     pub memlock: Option<u64>,
     /// What to exec.
     pub qemu: QemuExec,
+    /// The VM's TPM emulator, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Swtpm>,
+}
+
+/// The VM's software TPM: swtpm, run as the VM's uid by
+/// `machina-launch --swtpm` (see [`crate::launcher::swtpm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Swtpm {
+    /// The state directory (`attrs.tpm.data`): owned by the VM's uid, mode
+    /// 0700; the TPM in `state/`, the per-VM local CA in `authority/`.
+    pub data_dir: PathBuf,
+    /// The control socket QEMU connects to.
+    pub socket: PathBuf,
+    /// Absolute path of `swtpm`.
+    pub swtpm: PathBuf,
+    /// Absolute path of `swtpm_setup`.
+    pub swtpm_setup: PathBuf,
+    /// Absolute path of `swtpm_localca`.
+    pub swtpm_localca: PathBuf,
 }
 
 /// One TAP device and the fds QEMU receives for it.
@@ -268,6 +293,22 @@ impl Plan {
         for g in &self.grants {
             if !g.path.is_absolute() {
                 return bad(format!("grant path {} is not absolute", g.path.display()));
+            }
+        }
+        if let Some(t) = &self.tpm {
+            for (what, p) in [
+                ("tpm data-dir", &t.data_dir),
+                ("tpm socket", &t.socket),
+                ("swtpm", &t.swtpm),
+                ("swtpm-setup", &t.swtpm_setup),
+                ("swtpm-localca", &t.swtpm_localca),
+            ] {
+                if !p.is_absolute() || p.parent().is_none_or(|d| d == Path::new("/")) {
+                    return bad(format!(
+                        "{what} {} is not an absolute path below a directory",
+                        p.display()
+                    ));
+                }
             }
         }
         for m in &self.mdevs {

@@ -96,6 +96,7 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args.iter().map(|s| s.to_string()).collect(),
         },
+        tpm: None,
     }
 }
 

@@ -46,6 +46,7 @@ fn base(vm: &str) -> Plan {
                 "chardev=qmp.0,mode=control",
             ]),
         },
+        tpm: None,
     }
 }
 

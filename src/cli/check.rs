@@ -114,11 +114,11 @@ fn check_machine(
     if let Some((origin, why)) = &m.group.refused {
         problems.push(ConfigError::invalid(origin, why.clone()));
     }
-    if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
+    if m.tpm.as_ref().is_some_and(|t| t.data.is_none()) {
         problems.push(machine_problem(
             &m,
-            "attrs.tpm",
-            "machina does not run swtpm yet, so gen refuses this machine; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
+            "attrs.tpm.data",
+            "a TPM needs a state directory; set attrs.tpm.data to a volume of a tpm-data storage pool, or disable the TPM",
         ));
     }
     let hw = problems.take(crate::qemu::build(&m));

@@ -14,6 +14,7 @@ use crate::config::{self, ConfigDir};
 use crate::plan::{plan_for, IdRequest, TakenIds};
 use crate::qemu;
 use crate::systemd::control;
+use crate::systemd::swtpm_unit;
 use crate::systemd::unit::{self as unit, UnitOptions};
 
 /// Mode of every file `gen` writes.
@@ -111,6 +112,10 @@ pub fn generate(
             out.write_all(vm.plan.as_bytes())?;
             writeln!(out, "----{}----", vm.unit_path.display())?;
             out.write_all(vm.unit.as_bytes())?;
+            if let Some(s) = &vm.swtpm {
+                writeln!(out, "----{}----", vm.swtpm_path.display())?;
+                out.write_all(s.as_bytes())?;
+            }
         }
         return Ok(0);
     }
@@ -118,27 +123,44 @@ pub fn generate(
     let mut changed: Vec<&Path> = Vec::new();
     let mut unchanged: Vec<&Path> = Vec::new();
     let mut unit_changed = false;
+    // Plan, swtpm unit (or its removal when the TPM was turned off: the
+    // unit goes, the TPM state stays), QEMU unit.
     let files = vms.iter().flat_map(|vm| {
         [
-            (&vm.plan_path, &vm.plan, false),
-            (&vm.unit_path, &vm.unit, true),
+            (&vm.plan_path, Some(&vm.plan), false),
+            (&vm.swtpm_path, vm.swtpm.as_ref(), true),
+            (&vm.unit_path, Some(&vm.unit), true),
         ]
     });
     for (path, text, is_unit) in files {
-        if !differs(path, text.as_bytes())? {
-            unchanged.push(path);
-            continue;
-        }
-        if mode == Mode::Write {
-            write_file_atomic(path, text.as_bytes(), FILE_MODE)?;
-        }
+        let verb = match text {
+            Some(text) => {
+                if !differs(path, text.as_bytes())? {
+                    unchanged.push(path);
+                    continue;
+                }
+                if mode == Mode::Write {
+                    write_file_atomic(path, text.as_bytes(), FILE_MODE)?;
+                }
+                "write"
+            }
+            None => {
+                if std::fs::symlink_metadata(path).is_err() {
+                    continue;
+                }
+                if mode == Mode::Write {
+                    std::fs::remove_file(path)
+                        .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+                }
+                "remove"
+            }
+        };
         if !json {
-            let verb = if mode == Mode::Write {
-                "wrote"
-            } else {
-                "would write"
-            };
-            writeln!(out, "{verb} {}", path.display())?;
+            match (mode == Mode::Write, verb) {
+                (true, "write") => writeln!(out, "wrote {}", path.display())?,
+                (true, _) => writeln!(out, "removed {}", path.display())?,
+                (false, v) => writeln!(out, "would {v} {}", path.display())?,
+            }
         }
         unit_changed |= is_unit;
         changed.push(path);
@@ -192,6 +214,9 @@ struct Built {
     plan_path: PathBuf,
     unit: String,
     unit_path: PathBuf,
+    /// The swtpm unit of a TPM VM; `None`: no TPM (a stale unit goes).
+    swtpm: Option<String>,
+    swtpm_path: PathBuf,
 }
 
 /// Loads and builds one machine: its plan, with the id `id_of` gives, and
@@ -204,13 +229,12 @@ fn build(
     id_of: impl Fn(&IdRequest) -> Option<u32>,
 ) -> Result<Built, CliError> {
     let m = config::load_machine(dir, host, name)?;
-    if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
-        // The Go program ran swtpm in a unit of its own; machina does
-        // not yet, and a unit whose QEMU waits for a socket nobody
-        // serves would only fail at start.
+    if m.tpm.as_ref().is_some_and(|t| t.data.is_none()) {
+        // swtpm needs a place for the TPM's state, as in the Go program.
         return Err(CliError(format!(
-            "{}: attrs.tpm: machina does not run swtpm yet; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
-            m.origin.file.display()
+            "{}: attrs.tpm.data: a TPM needs a state directory; set attrs.tpm.data to a volume of a tpm-data storage pool (e.g. {{\"storage\": \"tpm\", \"name\": \"{}\"}}), or disable the TPM",
+            m.origin.file.display(),
+            m.name
         )));
     }
     if let Some((origin, why)) = &m.group.refused {
@@ -225,12 +249,16 @@ fn build(
     opts.machina = target.bin_dir.join("machina");
     opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
     let unit = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+    let swtpm = swtpm_unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+    let unit_dir = under_root(target.root, target.unit_dir);
     Ok(Built {
+        swtpm_path: unit_dir.join(swtpm_unit::swtpm_unit_name(&plan.machine)),
+        swtpm,
         qmp: !m.qmp_sockets.is_empty(),
         id,
         uid,
         plan_path: under_root(target.root, target.plan_dir).join(format!("{}.json", plan.machine)),
-        unit_path: under_root(target.root, target.unit_dir).join(unit::unit_name(&plan.machine)),
+        unit_path: unit_dir.join(unit::unit_name(&plan.machine)),
         plan: plan.to_json(),
         unit,
     })

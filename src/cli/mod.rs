@@ -12,6 +12,7 @@ mod manual;
 mod qmp;
 mod run;
 mod summary;
+mod tpm;
 mod units;
 
 use crate::systemd::control::Verb;
@@ -150,6 +151,12 @@ enum Command {
     },
     /// Removes the unit and launch plan of stopped virtual machines.
     Dissolve {
+        /// Also delete the TPM state directory (attrs.tpm.data) named in each plan: the guest's TPM, and with it e.g. its BitLocker keys, is gone for good. Needs --yes-delete-tpm-state.
+        #[arg(long)]
+        purge_tpm: bool,
+        /// Confirms --purge-tpm.
+        #[arg(long)]
+        yes_delete_tpm_state: bool,
         /// Machines.
         #[arg(required = true)]
         machines: Vec<String>,
@@ -439,8 +446,20 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status { json, machines } => {
             return units::status(&dir, &cli.plan_dir, &machines, json)
         }
-        Command::Dissolve { machines } => {
-            return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
+        Command::Dissolve {
+            machines,
+            purge_tpm,
+            yes_delete_tpm_state,
+        } => {
+            return units::dissolve(
+                &cli.plan_dir,
+                &cli.unit_dir,
+                &machines,
+                units::Purge {
+                    tpm: purge_tpm,
+                    confirmed: yes_delete_tpm_state,
+                },
+            )
         }
         Command::Run { machine, timeout } => {
             return run::run(&dir, &cli.plan_dir, &machine, timeout)

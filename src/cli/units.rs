@@ -287,6 +287,9 @@ pub fn status(
             }
         }
         println!("  qmp: {}", if r.qmp { "answers" } else { "no answer" });
+        if let Some(t) = super::tpm::status_line(plan_dir, &r.name) {
+            println!("  tpm: {t}");
+        }
         match r.stale {
             Some(true) => println!("  configuration changed since the last `machina gen`"),
             Some(false) => {}
@@ -355,10 +358,30 @@ pub fn list(dir: &ConfigDir, plan_dir: &Path, json: bool) -> Result<i32, CliErro
     Ok(0)
 }
 
-/// `dissolve VM…`: removes the unit and the plan of VMs whose unit is not
-/// active, then reloads systemd.
-pub fn dissolve(plan_dir: &Path, unit_dir: &Path, names: &[String]) -> Result<i32, CliError> {
+/// What `dissolve` deletes beyond units and plans.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Purge {
+    /// `--purge-tpm`: the TPM state directory.
+    pub tpm: bool,
+    /// `--yes-delete-tpm-state`.
+    pub confirmed: bool,
+}
+
+/// `dissolve VM…`: removes the units (QEMU and swtpm) and the plan of VMs
+/// whose unit is not active, then reloads systemd. TPM state is guest data
+/// and stays, unless `--purge-tpm --yes-delete-tpm-state`.
+pub fn dissolve(
+    plan_dir: &Path,
+    unit_dir: &Path,
+    names: &[String],
+    purge: Purge,
+) -> Result<i32, CliError> {
     let names = machine_names(names)?;
+    if purge.tpm && !purge.confirmed {
+        return Err(CliError(
+            "--purge-tpm deletes the guests' TPM state (and what depends on it, e.g. BitLocker keys) for good; add --yes-delete-tpm-state to confirm".into(),
+        ));
+    }
     if control::systemd_running() {
         let statuses =
             control::unit_status(&units_of(&names)).map_err(|e| CliError(e.to_string()))?;
@@ -373,8 +396,21 @@ pub fn dissolve(plan_dir: &Path, unit_dir: &Path, names: &[String]) -> Result<i3
     }
     let mut code = 0;
     for n in &names {
+        if purge.tpm {
+            // Before the plan goes: it names the state directory.
+            match super::tpm::purge(plan_dir, n) {
+                Ok(Some(p)) => println!("removed {p}"),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("machina: {e}");
+                    code = EXIT_FAILURE;
+                    continue;
+                }
+            }
+        }
         for path in [
             unit_dir.join(unit_name(n)),
+            unit_dir.join(crate::systemd::swtpm_unit::swtpm_unit_name(n)),
             plan_dir.join(format!("{n}.json")),
         ] {
             match std::fs::remove_file(&path) {

@@ -609,7 +609,13 @@ fn resolve_tpm(
         });
         check_socket_path(&origin, &attrs.tpm.socket.path)?
     };
-    Ok(Some(TpmSpec { socket }))
+    let data = if attrs.tpm.data.is_empty() {
+        None
+    } else {
+        let origin = field_origin(defs, "attrs.tpm.data", |d| !d.attrs.tpm.data.is_empty());
+        Some(resolve_volume(ctx, &attrs.tpm.data, &origin, false)?.path)
+    };
+    Ok(Some(TpmSpec { socket, data }))
 }
 
 fn resolve_qmp(

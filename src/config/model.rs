@@ -128,6 +128,9 @@ pub struct CpuSpec {
 pub struct TpmSpec {
     /// swtpm control socket.
     pub socket: PathBuf,
+    /// swtpm state directory (`attrs.tpm.data` resolved against its pool);
+    /// `None` when `attrs.tpm.data` is not set (`gen` refuses that).
+    pub data: Option<PathBuf>,
 }
 
 /// Spice settings.

@@ -26,6 +26,7 @@
 //! be root's alone, and the checked fd is what gets executed.
 
 pub mod qemu_args;
+pub mod swtpm;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -78,13 +79,18 @@ fn refuse<T>(step: &str, msg: String) -> Result<T, Failure> {
     })
 }
 
-const USAGE: &str = "usage: machina-launch <vm> | machina-launch --plan FILE";
+const USAGE: &str = "usage: machina-launch [--swtpm] <vm> | machina-launch [--swtpm] --plan FILE";
 
 /// Entry point of `machina-launch`; returns the exit code (only on
 /// failure: on success the process has become QEMU).
 pub fn main() -> i32 {
     ensure_stdio();
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `--swtpm`: the VM's software TPM instead of QEMU.
+    let tpm = args.first().is_some_and(|a| a == "--swtpm");
+    if tpm {
+        args.remove(0);
+    }
     let (label, path, expect) = match args.as_slice() {
         [flag, file] if flag == "--plan" => {
             // Until the plan is read, its file stem names the VM (plans are
@@ -118,6 +124,9 @@ pub fn main() -> i32 {
     let failure = match read_plan(&path, expect.as_ref()) {
         Ok(plan) => {
             let label = plan.machine.to_string();
+            if tpm {
+                return report(&label, swtpm::run(&plan));
+            }
             return report(&label, run(&plan));
         }
         Err(f) => f,
@@ -362,6 +371,7 @@ fn launch_steps(
         binary_fd: &binary_fd,
         hint: hint.clone(),
         args: &plan.qemu.args,
+        env: &[],
         uid: plan.uid,
         gid: plan.gid,
         kvm_gid,

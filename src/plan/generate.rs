@@ -68,6 +68,15 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
             binary: m.qemu.binary.clone(),
             args: hw.argv(),
         },
+        tpm: m.tpm.as_ref().and_then(|t| {
+            Some(super::Swtpm {
+                data_dir: t.data.clone()?,
+                socket: t.socket.clone(),
+                swtpm: "/usr/bin/swtpm".into(),
+                swtpm_setup: "/usr/bin/swtpm_setup".into(),
+                swtpm_localca: "/usr/bin/swtpm_localca".into(),
+            })
+        }),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod sys;
 pub mod sysfs;
 pub mod tap;
 pub mod teardown;
+pub mod tpm;
 
 use std::io;
 use std::path::{Path, PathBuf};

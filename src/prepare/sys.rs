@@ -256,13 +256,12 @@ pub fn default_signals() {
 }
 
 /// `execveat(fd, "", args, [], AT_EMPTY_PATH)`: runs the very file `fd`
-/// refers to, with an empty environment. Returns only on failure.
-pub fn exec_fd(fd: RawFd, args: &[std::ffi::CString]) -> io::Error {
+/// refers to, with the environment `env` (empty for QEMU). Returns only on failure.
+pub fn exec_fd(fd: RawFd, args: &[std::ffi::CString], env: &[std::ffi::CString]) -> io::Error {
     // SAFETY: fd was opened by the caller and stays open until execveat
     // replaces the process or fails.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let env: [&CStr; 0] = [];
-    match nix::unistd::execveat(fd, c"", args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {
+    match nix::unistd::execveat(fd, c"", args, env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {
         Err(e) => e.into(),
         Ok(never) => match never {},
     }
@@ -274,4 +273,22 @@ pub fn die(msg: &str) -> ! {
     let _ = nix::unistd::write(io::stderr().as_fd(), msg.as_bytes());
     // SAFETY: _exit ends the process; nothing runs after it.
     unsafe { libc::_exit(127) }
+}
+
+/// `fork(2)`, refused unless this process has a single thread (checked in
+/// `/proc/self/task`): the child then may run any code before it execs.
+/// `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+pub fn fork_single_threaded() -> io::Result<Option<nix::unistd::Pid>> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork: the process has {threads} threads"
+        )));
+    }
+    // SAFETY: the process has one thread (checked above), so no lock or
+    // allocator state can be held by another thread in the child.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+    }
 }

@@ -181,7 +181,7 @@ fn is_plain(c: char) -> bool {
 /// command lines (`Exec*=`) expand. Words with anything but plain characters
 /// are double-quoted with `\` and `"` backslash-escaped (systemd.syntax(7)).
 /// Control characters are refused by the callers before this.
-fn escape_word(s: &str, exec: bool) -> String {
+pub(crate) fn escape_word(s: &str, exec: bool) -> String {
     let mut body = String::with_capacity(s.len() + 2);
     let mut plain = !s.is_empty();
     for c in s.chars() {
@@ -427,6 +427,12 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line(&format!("Description={}", escape_text(&opts.description)));
     line("Wants=network-online.target");
     line("After=network-online.target");
+    if plan.tpm.is_some() {
+        // swtpm serves the TPM; QEMU cannot run without it.
+        let swtpm = super::swtpm_unit::swtpm_unit_name(&plan.machine);
+        line(&format!("BindsTo={swtpm}"));
+        line(&format!("After={swtpm}"));
+    }
     line("StartLimitIntervalSec=1m0s");
     line("StartLimitBurst=2");
     line("");
@@ -651,6 +657,7 @@ mod tests {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
                 args: args.iter().map(|s| s.to_string()).collect(),
             },
+            tpm: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub const READY_MARKER: &str = "MACHINA-GUEST-READY";
 /// Printed by the guest's power-button handler just before `poweroff -f`.
 pub const POWER_BUTTON_MARKER: &str = "MACHINA-GUEST-POWER-BUTTON";
 
+/// Printed by `/init` with the guest's TPM major version (`none` without).
+pub const TPM_MARKER: &str = "MACHINA-GUEST-TPM";
+
 /// Printed by `/init` when it cannot arm the power button.
 pub const ERROR_MARKER: &str = "MACHINA-GUEST-ERROR";
 
@@ -55,6 +58,7 @@ const RECIPE_VERSION: &str = "1";
 const FEATURES: &[(&str, &str)] = &[
     ("button", "CONFIG_ACPI_BUTTON"),
     ("evdev", "CONFIG_INPUT_EVDEV"),
+    ("tpm_crb", "CONFIG_TCG_CRB"),
 ];
 
 /// Busybox applets `/init` and the handler call by name.
@@ -75,6 +79,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 fail() { echo "@ERROR@: $*"; while :; do sleep 3600; done; }
 @INSMOD@
+echo "MACHINA-GUEST-TPM $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none)"
 ev=
 n=0
 while [ -z "$ev" ]; do

@@ -219,6 +219,7 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
             binary: qemu.to_owned(),
             args,
         },
+        tpm: None,
     }
 }
 
