@@ -138,6 +138,7 @@ impl Env {
                 shared: false,
             }],
             memlock: None,
+            network_isolation: false,
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,

@@ -92,6 +92,7 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
             shared: false,
         }],
         memlock: None,
+        network_isolation: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args.iter().map(|s| s.to_string()).collect(),

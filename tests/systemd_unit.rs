@@ -35,6 +35,7 @@ fn base(vm: &str) -> Plan {
         mdevs: vec![],
         grants: vec![],
         memlock: None,
+        network_isolation: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args(&[

@@ -6,6 +6,7 @@
 
 mod check;
 mod complete;
+mod console;
 mod generate;
 mod host;
 mod manual;
@@ -153,6 +154,14 @@ enum Command {
         /// After Ctrl-C or SIGTERM, send QUIT if the machine has not stopped after this long (default 1m25s, as the unit's ExecStop).
         #[arg(long, value_name = "DURATION", value_parser = qmp::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// The machine.
+        machine: String,
+    },
+    /// Attaches to the serial console of a running virtual machine (attrs.console); Ctrl-] detaches.
+    Console {
+        /// Print what the guest wrote to the console so far instead of attaching.
+        #[arg(long)]
+        log: bool,
         /// The machine.
         machine: String,
     },
@@ -427,6 +436,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Run { machine, timeout } => {
             return run::run(&dir, &cli.plan_dir, &machine, timeout)
         }
+        Command::Console { log, machine } => return console::console(&cli.plan_dir, &machine, log),
         Command::Teardown { force, machines } => {
             return host::teardown(&cli.plan_dir, &machines, force)
         }

@@ -16,6 +16,7 @@ pub mod grant;
 pub mod kvm;
 pub mod lock;
 pub mod mdev;
+pub mod netns;
 pub mod privdrop;
 pub mod procs;
 pub mod reach;
