@@ -9,6 +9,7 @@ mod complete;
 mod console;
 mod generate;
 mod host;
+mod link;
 mod manual;
 mod qmp;
 mod run;
@@ -156,6 +157,18 @@ enum Command {
         timeout: Option<std::time::Duration>,
         /// The machine.
         machine: String,
+    },
+    /// Connects running virtual machines (or single connections, <vm>.<conn>) to their networks again.
+    Connect {
+        /// Machines or connections (<vm>.<conn>).
+        #[arg(required = true)]
+        links: Vec<String>,
+    },
+    /// Disconnects running virtual machines (or single connections, <vm>.<conn>) from their networks; the guest sees the link go down.
+    Disconnect {
+        /// Machines or connections (<vm>.<conn>).
+        #[arg(required = true)]
+        links: Vec<String>,
     },
     /// Attaches to the serial console of a running virtual machine (attrs.console); Ctrl-] detaches.
     Console {
@@ -435,6 +448,12 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Run { machine, timeout } => {
             return run::run(&dir, &cli.plan_dir, &machine, timeout)
+        }
+        Command::Connect { links } => {
+            return link::run(&cli.plan_dir, &links, link::Direction::Connect)
+        }
+        Command::Disconnect { links } => {
+            return link::run(&cli.plan_dir, &links, link::Direction::Disconnect)
         }
         Command::Console { log, machine } => return console::console(&cli.plan_dir, &machine, log),
         Command::Teardown { force, machines } => {

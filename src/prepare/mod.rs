@@ -14,6 +14,7 @@
 pub mod fs;
 pub mod grant;
 pub mod kvm;
+pub mod link;
 pub mod lock;
 pub mod mdev;
 pub mod netns;
