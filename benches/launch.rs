@@ -138,7 +138,9 @@ impl Env {
                 shared: false,
             }],
             memlock: None,
-            network_isolation: false,
+            // As `machina gen` plans it: no TCP listener, so QEMU gets its own
+            // network namespace (the cost is part of the launch).
+            network_isolation: true,
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,

@@ -166,6 +166,19 @@ impl Container {
         let t0 = Instant::now();
         c.pid = c.wait_for_init()?;
         let t1 = t0.elapsed();
+        // The container has no network (--private-network), so nothing can
+        // wait for it: make network-online.target (which machina's units
+        // want) reachable at once instead of after wait-online's 2 minutes.
+        // Before waiting for the boot: a host whose boot pulls in
+        // network-online.target (cockpit, postgresql) would never finish
+        // booting within the wait otherwise.
+        c.exec(&[
+            "systemctl",
+            "mask",
+            "--now",
+            "systemd-networkd-wait-online.service",
+            "NetworkManager-wait-online.service",
+        ]);
         let out = c.exec(&[
             "/usr/bin/timeout",
             "60",
@@ -174,16 +187,6 @@ impl Container {
             "--wait",
         ]);
         let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        // The container has no network (--private-network), so nothing can
-        // wait for it: make network-online.target (which machina's units
-        // want) reachable at once instead of after wait-online's 2 minutes.
-        c.exec(&[
-            "systemctl",
-            "mask",
-            "--now",
-            "systemd-networkd-wait-online.service",
-            "NetworkManager-wait-online.service",
-        ]);
         // "degraded" (some unrelated unit failed in the minimal boot) is
         // still a working systemd.
         if state != "running" && state != "degraded" {
