@@ -161,14 +161,14 @@ enum Command {
     /// Connects running virtual machines (or single connections, <vm>.<conn>) to their networks again.
     Connect {
         /// Machines or connections (<vm>.<conn>).
-        #[arg(required = true)]
-        links: Vec<String>,
+        #[arg(required = true, value_name = "VM[.CONN]")]
+        machines: Vec<String>,
     },
     /// Disconnects running virtual machines (or single connections, <vm>.<conn>) from their networks; the guest sees the link go down.
     Disconnect {
         /// Machines or connections (<vm>.<conn>).
-        #[arg(required = true)]
-        links: Vec<String>,
+        #[arg(required = true, value_name = "VM[.CONN]")]
+        machines: Vec<String>,
     },
     /// Attaches to the serial console of a running virtual machine (attrs.console); Ctrl-] detaches.
     Console {
@@ -449,11 +449,11 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Run { machine, timeout } => {
             return run::run(&dir, &cli.plan_dir, &machine, timeout)
         }
-        Command::Connect { links } => {
-            return link::run(&cli.plan_dir, &links, link::Direction::Connect)
+        Command::Connect { machines } => {
+            return link::run(&cli.plan_dir, &machines, link::Direction::Connect)
         }
-        Command::Disconnect { links } => {
-            return link::run(&cli.plan_dir, &links, link::Direction::Disconnect)
+        Command::Disconnect { machines } => {
+            return link::run(&cli.plan_dir, &machines, link::Direction::Disconnect)
         }
         Command::Console { log, machine } => return console::console(&cli.plan_dir, &machine, log),
         Command::Teardown { force, machines } => {
