@@ -139,8 +139,9 @@ impl Env {
             }],
             memlock: None,
             // As `machina gen` plans it: no TCP listener, so QEMU gets its own
-            // network namespace (the cost is part of the launch).
-            network_isolation: true,
+            // network namespace (the cost is part of the launch);
+            // BENCH_NO_ISOLATION=1 measures without it.
+            network_isolation: std::env::var_os("BENCH_NO_ISOLATION").is_none(),
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,
