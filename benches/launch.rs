@@ -138,6 +138,10 @@ impl Env {
                 shared: false,
             }],
             memlock: None,
+            // As `machina gen` plans it: no TCP listener, so QEMU gets its own
+            // network namespace (the cost is part of the launch);
+            // BENCH_NO_ISOLATION=1 measures without it.
+            network_isolation: std::env::var_os("BENCH_NO_ISOLATION").is_none(),
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,

@@ -44,6 +44,9 @@ pub enum Lock<'a> {
     /// Held by the VM's swtpm for as long as it lives (`swtpm.<vm>`), so a
     /// second swtpm for the same TPM state is refused.
     Swtpm(&'a MachineName),
+    /// Held by `machina console` while it is attached to the VM's console
+    /// (QEMU serves one client; a second session is told who holds it).
+    Console(&'a MachineName),
 }
 
 impl Lock<'_> {
@@ -54,6 +57,7 @@ impl Lock<'_> {
             Lock::Vm(vm) => format!("vm.{vm}"),
             Lock::Mdev => ".".to_owned(),
             Lock::Swtpm(vm) => format!("swtpm.{vm}"),
+            Lock::Console(vm) => format!("console.{vm}"),
         }
     }
 
@@ -61,7 +65,9 @@ impl Lock<'_> {
     /// `/run/machina/.lock`.
     pub fn path(&self) -> PathBuf {
         match self {
-            Lock::Vm(_) | Lock::Swtpm(_) => Path::new(LOCK_DIR).join(self.file_name()),
+            Lock::Vm(_) | Lock::Swtpm(_) | Lock::Console(_) => {
+                Path::new(LOCK_DIR).join(self.file_name())
+            }
             Lock::Mdev => PathBuf::from(LOCK_DIR),
         }
     }
@@ -93,6 +99,12 @@ pub struct Plan {
     /// `RLIMIT_MEMLOCK` in bytes, set when vfio devices pin guest memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memlock: Option<u64>,
+    /// QEMU listens on no TCP address (no spice, no TCP agent port), so
+    /// the launcher runs it in a network namespace of its own, entered after
+    /// its TAPs are open: it keeps its TAPs and UNIX sockets and cannot
+    /// reach the host's network. Absent (false) in older plans.
+    #[serde(default)]
+    pub network_isolation: bool,
     /// What to exec.
     pub qemu: QemuExec,
     /// The VM's TPM emulator, when it has one.

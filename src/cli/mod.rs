@@ -6,8 +6,10 @@
 
 mod check;
 mod complete;
+mod console;
 mod generate;
 mod host;
+mod link;
 mod manual;
 mod qmp;
 mod run;
@@ -166,6 +168,26 @@ enum Command {
         /// After Ctrl-C or SIGTERM, send QUIT if the machine has not stopped after this long (default 1m25s, as the unit's ExecStop).
         #[arg(long, value_name = "DURATION", value_parser = qmp::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// The machine.
+        machine: String,
+    },
+    /// Connects running virtual machines (or single connections, <vm>.<conn>) to their networks again.
+    Connect {
+        /// Machines or connections (<vm>.<conn>).
+        #[arg(required = true, value_name = "VM[.CONN]")]
+        machines: Vec<String>,
+    },
+    /// Disconnects running virtual machines (or single connections, <vm>.<conn>) from their networks; the guest sees the link go down.
+    Disconnect {
+        /// Machines or connections (<vm>.<conn>).
+        #[arg(required = true, value_name = "VM[.CONN]")]
+        machines: Vec<String>,
+    },
+    /// Attaches to the serial console of a running virtual machine (attrs.console); Ctrl-] detaches.
+    Console {
+        /// Print what the guest wrote to the console so far instead of attaching.
+        #[arg(long)]
+        log: bool,
         /// The machine.
         machine: String,
     },
@@ -464,6 +486,13 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Run { machine, timeout } => {
             return run::run(&dir, &cli.plan_dir, &machine, timeout)
         }
+        Command::Connect { machines } => {
+            return link::run(&cli.plan_dir, &machines, link::Direction::Connect)
+        }
+        Command::Disconnect { machines } => {
+            return link::run(&cli.plan_dir, &machines, link::Direction::Disconnect)
+        }
+        Command::Console { log, machine } => return console::console(&cli.plan_dir, &machine, log),
         Command::Teardown { force, machines } => {
             return host::teardown(&cli.plan_dir, &machines, force)
         }

@@ -106,9 +106,10 @@ pub fn run(
         .id_for(&m)
         .map_err(|e| CliError(e.to_string()))?;
     let plan = plan_for(&m, &hw, id, Path::new("/sys"));
-    let console = match &m.spice {
-        Some(s) => format!("spice://127.0.0.1:{}", s.port),
-        None => "none (no display is configured)".to_owned(),
+    let console = match (&m.spice, &m.console) {
+        (Some(s), _) => format!("spice://127.0.0.1:{}", s.port),
+        (None, Some(_)) => format!("serial (machina console {name})"),
+        (None, None) => "none (no display is configured)".to_owned(),
     };
     let timeout = timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
 

@@ -240,6 +240,10 @@ pub fn build(
     else {
         unreachable!("every part missing recorded a problem");
     };
+    let console = attrs
+        .console
+        .enabled
+        .then(|| ConsoleSpec::for_machine(name));
     Ok(Machine {
         name: name.clone(),
         description,
@@ -257,6 +261,7 @@ pub fn build(
         qmp_sockets,
         agent_port,
         spice,
+        console,
         volumes,
         connections,
         devices,
@@ -345,6 +350,7 @@ fn merge_attrs(defs: &[Def<'_>]) -> Attributes {
             a.spice.port_pattern = s.spice.port_pattern.clone();
         }
         set_nonzero(&mut a.spice.displays, s.spice.displays);
+        a.console.enabled |= s.console.enabled;
     }
     a
 }

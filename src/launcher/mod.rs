@@ -38,7 +38,7 @@ use std::time::Duration;
 use crate::names::MachineName;
 use crate::plan::{Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
 use crate::prepare::lock::FileLock;
-use crate::prepare::{self, fs, grant, kvm, mdev, privdrop, reach, runtime_dir, tap};
+use crate::prepare::{self, fs, grant, kvm, mdev, netns, privdrop, reach, runtime_dir, tap};
 
 /// Largest plan file accepted.
 const MAX_PLAN: u64 = 1 << 20;
@@ -359,6 +359,10 @@ fn launch_steps(
     let binary_fd = privdrop::check_binary(&plan.qemu.binary, plan.uid, &gids).step("qemu")?;
     if let Some(bytes) = plan.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
+    }
+    if plan.network_isolation {
+        // After the TAPs are open: they stay on the host's bridge.
+        netns::isolate().step("network namespace")?;
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;

@@ -64,6 +64,7 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
         mdevs,
         grants,
         memlock,
+        network_isolation: hw.tcp_listeners.is_empty(),
         qemu: QemuExec {
             binary: m.qemu.binary.clone(),
             args: hw.argv(),

@@ -14,8 +14,10 @@
 pub mod fs;
 pub mod grant;
 pub mod kvm;
+pub mod link;
 pub mod lock;
 pub mod mdev;
+pub mod netns;
 pub mod privdrop;
 pub mod procs;
 pub mod reach;

@@ -164,6 +164,8 @@ pub enum IfReqIoctl {
     TunSetIff,
     /// `SIOCBRADDIF` on a socket: enslave interface `ifindex` to the bridge.
     BridgeAddIf,
+    /// `SIOCBRDELIF` on a socket: release interface `ifindex` from the bridge.
+    BridgeDelIf,
     /// `SIOCGIFFLAGS`.
     GetFlags,
     /// `SIOCSIFFLAGS`.
@@ -172,6 +174,8 @@ pub enum IfReqIoctl {
 
 /// `SIOCBRADDIF` from `<linux/sockios.h>`.
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+/// `SIOCBRDELIF` from `<linux/sockios.h>`.
+const SIOCBRDELIF: libc::c_ulong = 0x89a3;
 /// `SIOCETHTOOL` and `ETHTOOL_GDRVINFO` from the kernel headers.
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GDRVINFO: u32 = 0x3;
@@ -181,6 +185,7 @@ pub fn ifreq_ioctl(fd: impl AsFd, op: IfReqIoctl, req: &mut IfReq) -> io::Result
     let request = match op {
         IfReqIoctl::TunSetIff => libc::TUNSETIFF,
         IfReqIoctl::BridgeAddIf => SIOCBRADDIF,
+        IfReqIoctl::BridgeDelIf => SIOCBRDELIF,
         IfReqIoctl::GetFlags => libc::SIOCGIFFLAGS,
         IfReqIoctl::SetFlags => libc::SIOCSIFFLAGS,
     };

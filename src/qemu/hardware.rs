@@ -3,6 +3,7 @@
 //! volumes, connections, devices.
 
 use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use super::options::{to_argv, Opt};
 use super::topology::{Controller, Topology, TopologyError, MAX_SATA};
@@ -59,6 +60,15 @@ pub struct Hardware {
     pub options: Vec<Opt>,
     /// TAP fds per connection, in connection order.
     pub taps: Vec<TapFds>,
+    /// TCP addresses QEMU listens on (guest agent, spice): a VM with none
+    /// needs no host network and runs in a network namespace of its own.
+    pub tcp_listeners: Vec<SocketAddr>,
+}
+
+/// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
+/// `set_link` names.
+pub fn netdev_id(i: usize) -> String {
+    format!("net.{i}")
 }
 
 impl Hardware {
@@ -114,6 +124,10 @@ struct Builder<'m> {
     bootindex: u32,
     sata: usize,
     taps: Vec<TapFds>,
+    tcp_listeners: Vec<SocketAddr>,
+    /// ISA serial ports: outside the PCI topology, so enabling the console
+    /// moves no PCI device.
+    serials: Vec<Opt>,
 }
 
 fn topo_err(origin: &Origin, e: TopologyError) -> ConfigError {
@@ -137,6 +151,8 @@ impl<'m> Builder<'m> {
             bootindex: 0,
             sata: 0,
             taps: Vec::new(),
+            tcp_listeners: Vec::new(),
+            serials: Vec::new(),
         }
     }
 
@@ -161,6 +177,7 @@ impl<'m> Builder<'m> {
         self.qmp();
         self.agent()?;
         self.spice_display()?;
+        self.console();
         // 5–7.
         for v in &m.volumes {
             self.volume(v)?;
@@ -299,6 +316,8 @@ impl<'m> Builder<'m> {
         let Some(port) = self.m.agent_port else {
             return Ok(());
         };
+        self.tcp_listeners
+            .push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
         self.chardevs.push(
             Opt::new("chardev")
                 .word("socket")
@@ -312,10 +331,36 @@ impl<'m> Builder<'m> {
         self.serial_port("guestagent", "org.qemu.guest_agent.0")
     }
 
+    /// The serial console (`attrs.console`): COM1 on a UNIX socket QEMU
+    /// serves, everything the guest writes also appended to the log.
+    fn console(&mut self) {
+        let Some(console) = &self.m.console else {
+            return;
+        };
+        self.chardevs.push(
+            Opt::new("chardev")
+                .word("socket")
+                .named("id", "console")
+                .named("path", console.socket.display())
+                .named("server", "on")
+                .named("wait", "off")
+                .named("logfile", console.log.display())
+                .named("logappend", "on"),
+        );
+        self.serials.push(
+            Opt::new("device")
+                .word("isa-serial")
+                .named("id", "serial.0")
+                .named("chardev", "console"),
+        );
+    }
+
     fn spice_display(&mut self) -> Result<(), ConfigError> {
         let Some(spice) = self.m.spice else {
             return Ok(());
         };
+        self.tcp_listeners
+            .push(SocketAddr::from((Ipv4Addr::LOCALHOST, spice.port)));
         let origin = self.m.origin.clone();
         self.machine_params = self.machine_params.clone().named("vmport", "off");
         // vmport comes right after type in the Go output.
@@ -541,7 +586,7 @@ impl<'m> Builder<'m> {
                     fd += 1;
                 }
             }
-            let id = format!("net.{i}");
+            let id = netdev_id(i);
             let join = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(":");
             let mut nd = Opt::new("netdev").word("tap").named("id", &id);
             nd = if c.queues == 1 {
@@ -649,10 +694,12 @@ impl<'m> Builder<'m> {
         o.extend(self.tpmdevs);
         o.extend(self.netdevs);
         o.extend(self.topo.into_devices());
+        o.extend(self.serials);
         o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
         Hardware {
             options: o,
             taps: self.taps,
+            tcp_listeners: self.tcp_listeners,
         }
     }
 }

@@ -5,5 +5,5 @@ mod hardware;
 pub mod options;
 pub mod topology;
 
-pub use hardware::{build, valid_node_name, Hardware, TapFds, FIRST_FD, SANDBOX};
+pub use hardware::{build, netdev_id, valid_node_name, Hardware, TapFds, FIRST_FD, SANDBOX};
 pub use options::{argv_line, options_line, to_argv, Opt};

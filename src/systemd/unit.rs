@@ -501,9 +501,15 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     // systemd sets RLIMIT_MEMLOCK (soft = hard) before the launcher runs,
     // QEMU inherits it, and QEMU holds no capability anyway. The launcher
     // may still set the same limit (no capability needed for that).
-    line(
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP",
-    );
+    if plan.network_isolation {
+        // CAP_SYS_ADMIN only to unshare(CLONE_NEWNET) for QEMU (see
+        // prepare::netns); the launcher drops every capability at exec.
+        line("CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_SYS_ADMIN");
+    } else {
+        line(
+            "CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP",
+        );
+    }
     line("AmbientCapabilities=");
     line("NoNewPrivileges=yes");
 
@@ -603,7 +609,12 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line("ProtectHostname=yes");
     line("ProtectProc=invisible");
     line("ProcSubset=pid");
-    line("RestrictNamespaces=yes");
+    // A VM without TCP listener runs QEMU in a network namespace of its own.
+    line(if plan.network_isolation {
+        "RestrictNamespaces=net"
+    } else {
+        "RestrictNamespaces=yes"
+    });
     line("RestrictRealtime=yes");
     line("RestrictSUIDSGID=yes");
     line("LockPersonality=yes");
@@ -653,6 +664,7 @@ mod tests {
             mdevs: vec![],
             grants: vec![],
             memlock: None,
+            network_isolation: false,
             qemu: QemuExec {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
                 args: args.iter().map(|s| s.to_string()).collect(),

@@ -215,6 +215,7 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         mdevs: vec![],
         grants,
         memlock: None,
+        network_isolation: false,
         qemu: QemuExec {
             binary: qemu.to_owned(),
             args,
