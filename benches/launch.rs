@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use machina::config::schema::Accelerator;
 use machina::names::{InterfaceName, MachineName};
-use machina::plan::{Access, Grant, Plan, QemuExec, Tap, PLAN_VERSION};
+use machina::plan::{Access, DeviceNode, Grant, HostNeeds, Plan, QemuExec, Tap, PLAN_VERSION};
 use machina::prepare::{tap, teardown};
 
 const RUNS: usize = 30;
@@ -137,7 +138,11 @@ impl Env {
                 access: Access::ReadWrite,
                 shared: false,
             }],
-            memlock: None,
+            needs: {
+                let mut n = HostNeeds::new(Accelerator::Kvm);
+                n.add_device(DeviceNode::Tun);
+                n
+            },
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,

@@ -19,18 +19,16 @@ pub use generate::{plan_for, IdError, TakenIds};
 /// The plan format this build writes and understands.
 /// Version 2 dropped the `runtime-dir` field: the runtime directory is
 /// derived from the VM's name ([`Plan::runtime_dir`]), never read.
-pub const PLAN_VERSION: u32 = 2;
+/// Version 3 carries the hardware's host needs ([`HostNeeds`]; the
+/// `memlock` field moved into them).
+pub const PLAN_VERSION: u32 = 3;
 
 /// Default directory of plan files.
 pub const DEFAULT_PLAN_DIR: &str = "/etc/machina/launch";
 
-/// Default parent of every VM's runtime directory.
-pub const RUNTIME_ROOT: &str = "/run/machina";
-
-/// Directory of machina's lock files. VM names start with a letter or
-/// digit, so no VM's runtime directory (`/run/machina/<vm>`) can be it or
-/// be inside it, and no VM name can name a lock.
-pub const LOCK_DIR: &str = "/run/machina/.lock";
+pub use crate::config::model::MdevParent;
+pub use crate::paths::{LOCK_DIR, RUNTIME_ROOT};
+pub use crate::qemu::needs::{DeviceNode, HostNeeds, Listener, Service};
 
 /// A lock machina takes: one per VM, and one host-wide for mediated
 /// devices. [`Lock::path`] is the only place that says where each is.
@@ -86,9 +84,9 @@ pub struct Plan {
     /// Files the VM's group must be able to open.
     #[serde(default)]
     pub grants: Vec<Grant>,
-    /// `RLIMIT_MEMLOCK` in bytes, set when vfio devices pin guest memory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memlock: Option<u64>,
+    /// What QEMU needs from the host (accelerator, TCP listeners, device
+    /// nodes, locked memory), as the hardware model states it.
+    pub needs: HostNeeds,
     /// What to exec.
     pub qemu: QemuExec,
 }
@@ -121,22 +119,6 @@ pub struct Mdev {
     pub sysfs_root: PathBuf,
     /// Parent devices that can supply it, in the order to try them.
     pub parents: Vec<MdevParent>,
-}
-
-/// One physical device able to create a mediated device of the wanted type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct MdevParent {
-    /// PCI address, e.g. `0000:c1:00.0`.
-    pub address: String,
-    /// The wanted type's display name (the type's `name` file).
-    pub type_name: String,
-    /// Preferred NVIDIA placement ids, in order.
-    #[serde(default)]
-    pub placements: Vec<u32>,
-    /// Whether the parent supports heterogeneous vGPU types.
-    #[serde(default)]
-    pub heterogeneous: bool,
 }
 
 /// A file the VM's group is given access to.
@@ -239,6 +221,22 @@ impl Plan {
                 "qemu binary {} is not absolute",
                 self.qemu.binary.display()
             ));
+        }
+        let needs = |d: DeviceNode, why: &str| {
+            if self.needs.devices.contains(&d) {
+                Ok(())
+            } else {
+                bad(format!("{why} but the needs lack {}", d.path().display()))
+            }
+        };
+        if !self.taps.is_empty() {
+            needs(DeviceNode::Tun, "the plan has taps")?;
+        }
+        if self.taps.iter().any(|t| !t.vhost_fds.is_empty()) {
+            needs(DeviceNode::VhostNet, "a tap has vhost fds")?;
+        }
+        if !self.mdevs.is_empty() {
+            needs(DeviceNode::Vfio, "the plan has mediated devices")?;
         }
         let mut fds: Vec<i32> = Vec::new();
         for tap in &self.taps {

@@ -407,7 +407,7 @@ fn plan_grants_and_vfio() {
             .collect::<Vec<_>>(),
         ["0000:c1:00.0", "0000:c2:00.0"]
     );
-    assert_eq!(plan.memlock, Some((1024 << 20) + (1 << 30)));
+    assert_eq!(plan.needs.memlock, Some((1024 << 20) + (1 << 30)));
     assert!(opts(&hw.argv(), "device")
         .iter()
         .any(|d| d.starts_with("vfio-pci,id=vfio.0,")
@@ -417,4 +417,37 @@ fn plan_grants_and_vfio() {
             ))));
     let back = machina::plan::Plan::from_json(&plan.to_json()).unwrap();
     assert_eq!(back, plan);
+}
+
+/// The hardware states its host needs once, next to the options that cause
+/// them: the accelerator, TCP listeners with their addresses, device nodes.
+#[test]
+fn hardware_states_its_host_needs() {
+    use machina::config::schema::Accelerator;
+    use machina::plan::{DeviceNode, Listener, Service};
+    let bare = build(host(), json!({"attrs": {"memory": {"ram": 64}}})).unwrap();
+    let n = machina::qemu::build(&bare).unwrap().needs;
+    assert_eq!(n.accelerator, Accelerator::Kvm);
+    assert_eq!(n.devices, [DeviceNode::Kvm]);
+    assert!(n.listeners.is_empty() && n.memlock.is_none());
+
+    let m = build(
+        host(),
+        json!({"attrs": {"memory": {"ram": 64}, "spice": {"enabled": true, "port": 5999}},
+               "connections": [{"name": "0", "network": "lan"}]}),
+    )
+    .unwrap();
+    let hw = machina::qemu::build(&m).unwrap();
+    assert_eq!(
+        hw.needs.listeners,
+        [Listener {
+            service: Service::Spice,
+            address: "127.0.0.1".parse().unwrap(),
+            port: 5999
+        }]
+    );
+    // The listener and the option QEMU gets agree.
+    assert!(opts(&hw.argv(), "spice")[0].starts_with("port=5999,addr=127.0.0.1,"));
+    assert!(hw.needs.devices.contains(&DeviceNode::Tun));
+    assert!(hw.needs.loopback_only());
 }

@@ -21,8 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nspawn::{Container, BIN_MOUNT};
+use machina::config::schema::Accelerator;
 use machina::names::MachineName;
-use machina::plan::{Access, Grant, Plan, QemuExec, PLAN_VERSION};
+use machina::plan::{Access, Grant, HostNeeds, Plan, QemuExec, PLAN_VERSION};
 use machina::systemd::control::Verb;
 use machina::systemd::unit::{render, unit_name, UnitOptions};
 
@@ -91,7 +92,11 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
             access: Access::ReadWrite,
             shared: false,
         }],
-        memlock: None,
+        needs: HostNeeds::new(if args.contains(&"-enable-kvm") {
+            Accelerator::Kvm
+        } else {
+            Accelerator::Tcg
+        }),
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -545,6 +550,7 @@ fn mdev_parent_is_the_only_writable_sysfs_device() {
         std::os::unix::fs::symlink(format!("../../../devices/pci0000:00/{dev}"), &link).unwrap();
     }
     let mut p = plan(vm, &["-enable-kvm"], log);
+    p.needs.add_device(machina::plan::DeviceNode::Vfio);
     p.mdevs.push(machina::plan::Mdev {
         uuid: uuid.parse().unwrap(),
         sysfs_root: sys.into(),
@@ -555,7 +561,7 @@ fn mdev_parent_is_the_only_writable_sysfs_device() {
             heterogeneous: false,
         }],
     });
-    p.memlock = Some(4 << 20);
+    p.needs.memlock = Some(4 << 20);
     let unit = unit_name(&p.machine);
     c.write_unit(&unit, &render(&p, &options(&p)).unwrap());
     c.daemon_reload();

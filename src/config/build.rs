@@ -15,7 +15,7 @@ use super::schema::{
 };
 use crate::identity::{self, IdRange, Wwn};
 use crate::names::{InterfaceName, MachineName, TagName};
-use crate::plan::{MdevParent, RUNTIME_ROOT};
+use crate::paths::RUNTIME_ROOT;
 
 /// Lowest TCP port a VM may use: QEMU never runs as root.
 pub const MIN_PORT: i64 = 1024;

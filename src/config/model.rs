@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::Origin;
@@ -14,7 +15,6 @@ use crate::names::{
     ClassName, ConnectionName, DeviceName, InterfaceName, MachineName, NetworkName, PoolName,
     TagName, VolumeName,
 };
-use crate::plan::MdevParent;
 
 /// A fully built machine.
 #[derive(Debug, Clone)]
@@ -196,4 +196,20 @@ pub struct ResolvedDevice {
     pub parents: Vec<MdevParent>,
     /// Where it was defined.
     pub origin: Origin,
+}
+
+/// One physical device able to create a mediated device of the wanted type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MdevParent {
+    /// PCI address, e.g. `0000:c1:00.0`.
+    pub address: String,
+    /// The wanted type's display name (the type's `name` file).
+    pub type_name: String,
+    /// Preferred NVIDIA placement ids, in order.
+    #[serde(default)]
+    pub placements: Vec<u32>,
+    /// Whether the parent supports heterogeneous vGPU types.
+    #[serde(default)]
+    pub heterogeneous: bool,
 }

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::names::MachineName;
-use crate::plan::{Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
+use crate::plan::{DeviceNode, Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
 use crate::prepare::lock::FileLock;
 use crate::prepare::{self, fs, grant, kvm, mdev, privdrop, reach, runtime_dir, tap};
 
@@ -344,11 +344,16 @@ fn launch_steps(
     for g in &plan.grants {
         grants.push(grant::prepare(g, plan.uid, plan.gid).step("grant")?);
     }
-    let kvm_gid = kvm::kvm_group().step("kvm")?;
+    // Only a KVM guest gets the group of /dev/kvm: a TCG one never opens it.
+    let kvm_gid = if plan.needs.devices.contains(&DeviceNode::Kvm) {
+        kvm::kvm_group().step("kvm")?
+    } else {
+        plan.gid
+    };
     let gids = [plan.gid, kvm_gid];
     reach::check(plan, &gids).step("reach")?;
     let binary_fd = privdrop::check_binary(&plan.qemu.binary, plan.uid, &gids).step("qemu")?;
-    if let Some(bytes) = plan.memlock {
+    if let Some(bytes) = plan.needs.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);

@@ -4,6 +4,9 @@
 
 use std::collections::HashSet;
 
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::needs::{DeviceNode, HostNeeds, Listener, Service};
 use super::options::{to_argv, Opt};
 use super::topology::{Controller, Topology, TopologyError, MAX_SATA};
 use crate::config::model::{Brand, Machine, ResolvedVolume};
@@ -40,6 +43,12 @@ pub const SANDBOX: &[&str] = &[
     "resourcecontrol=deny",
 ];
 
+/// The address every TCP listener of QEMU (spice, the guest agent) binds.
+pub const LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Extra locked memory for vfio guests beyond their RAM (as libvirt does).
+const MEMLOCK_MARGIN: u64 = 1 << 30;
+
 /// First fd number handed to QEMU (after stdio).
 pub const FIRST_FD: i32 = 3;
 
@@ -59,6 +68,8 @@ pub struct Hardware {
     pub options: Vec<Opt>,
     /// TAP fds per connection, in connection order.
     pub taps: Vec<TapFds>,
+    /// What this hardware needs from the host.
+    pub needs: HostNeeds,
 }
 
 impl Hardware {
@@ -114,6 +125,7 @@ struct Builder<'m> {
     bootindex: u32,
     sata: usize,
     taps: Vec<TapFds>,
+    needs: HostNeeds,
 }
 
 fn topo_err(origin: &Origin, e: TopologyError) -> ConfigError {
@@ -137,6 +149,7 @@ impl<'m> Builder<'m> {
             bootindex: 0,
             sata: 0,
             taps: Vec::new(),
+            needs: HostNeeds::new(m.qemu.accelerator),
         }
     }
 
@@ -303,12 +316,17 @@ impl<'m> Builder<'m> {
             Opt::new("chardev")
                 .word("socket")
                 .named("id", "guestagent")
-                .named("host", "127.0.0.1")
+                .named("host", LISTEN_ADDRESS.to_string())
                 .named("port", port)
                 .named("server", "on")
                 .named("wait", "off")
                 .named("nodelay", "on"),
         );
+        self.needs.listeners.push(Listener {
+            service: Service::Agent,
+            address: LISTEN_ADDRESS,
+            port,
+        });
         self.serial_port("guestagent", "org.qemu.guest_agent.0")
     }
 
@@ -323,9 +341,14 @@ impl<'m> Builder<'m> {
         self.spice = Some(
             Opt::new("spice")
                 .named("port", spice.port)
-                .named("addr", "127.0.0.1")
+                .named("addr", LISTEN_ADDRESS.to_string())
                 .named("disable-ticketing", "on"),
         );
+        self.needs.listeners.push(Listener {
+            service: Service::Spice,
+            address: LISTEN_ADDRESS,
+            port: spice.port,
+        });
         self.globals.push(global("qxl-vga", "ram_size", "67108864"));
         self.globals
             .push(global("qxl-vga", "vram_size", "67108864"));
@@ -575,6 +598,10 @@ impl<'m> Builder<'m> {
                     d
                 })
                 .map_err(|e| topo_err(&c.origin, e))?;
+            self.needs.add_device(DeviceNode::Tun);
+            if !vhost_fds.is_empty() {
+                self.needs.add_device(DeviceNode::VhostNet);
+            }
             self.taps.push(TapFds { fds, vhost_fds });
         }
         Ok(())
@@ -650,9 +677,16 @@ impl<'m> Builder<'m> {
         o.extend(self.netdevs);
         o.extend(self.topo.into_devices());
         o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
+        let mut needs = self.needs;
+        if !m.devices.is_empty() {
+            // vfio pins all guest memory.
+            needs.add_device(DeviceNode::Vfio);
+            needs.memlock = Some(m.ram_mib * (1 << 20) + MEMLOCK_MARGIN);
+        }
         Hardware {
             options: o,
             taps: self.taps,
+            needs,
         }
     }
 }
