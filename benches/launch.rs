@@ -143,6 +143,7 @@ impl Env {
                 n.add_device(DeviceNode::Tun);
                 n
             },
+            limits: Default::default(),
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,

@@ -26,7 +26,7 @@ pub const PLAN_VERSION: u32 = 3;
 /// Default directory of plan files.
 pub const DEFAULT_PLAN_DIR: &str = "/etc/machina/launch";
 
-pub use crate::config::model::MdevParent;
+pub use crate::config::model::{MdevParent, ResourceLimits};
 pub use crate::paths::{LOCK_DIR, RUNTIME_ROOT};
 pub use crate::qemu::needs::{DeviceNode, HostNeeds, Listener, Service};
 
@@ -87,6 +87,10 @@ pub struct Plan {
     /// What QEMU needs from the host (accelerator, TCP listeners, device
     /// nodes, locked memory), as the hardware model states it.
     pub needs: HostNeeds,
+    /// Optional cgroup limits for the unit (the launcher does not use
+    /// them; they are here so that `gen` sees them change).
+    #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
+    pub limits: ResourceLimits,
     /// What to exec.
     pub qemu: QemuExec,
 }
@@ -262,6 +266,18 @@ impl Plan {
         }
         if sorted.first().is_some_and(|&fd| fd < 3) {
             return bad("fd numbers below 3 are reserved for stdio".into());
+        }
+        if let Some(cpus) = &self.limits.allowed_cpus {
+            if !crate::names::is_cpu_list(cpus) {
+                return bad(format!("allowed CPUs {cpus:?} is not a CPU list"));
+            }
+        }
+        if self
+            .limits
+            .cpu_weight
+            .is_some_and(|w| !(1..=10000).contains(&w))
+        {
+            return bad("CPU weight is outside 1–10000".into());
         }
         for g in &self.grants {
             if !g.path.is_absolute() {

@@ -451,3 +451,56 @@ fn hardware_states_its_host_needs() {
     assert!(hw.needs.devices.contains(&DeviceNode::Tun));
     assert!(hw.needs.loopback_only());
 }
+
+/// `attrs.limits` set in host tags reach the plan (and so the unit), sized
+/// from the guest's RAM; bad values are refused, each on its own line.
+#[test]
+fn resource_limits_from_tags() {
+    let mut h = host();
+    h["tag"] = json!({
+        "capped": {"attrs": {"limits": {"memory": {"max": true, "margin": 256}, "cpu": {"weight": 50}}}},
+        "pinned": {"attrs": {"limits": {"memory": {"high": true}, "cpu": {"allowed": "0-1", "weight": 900}}}}
+    });
+    let m = build(
+        h.clone(),
+        json!({"tags": ["capped", "pinned"], "attrs": {"memory": {"ram": 1024}}}),
+    )
+    .unwrap();
+    let l = &m.limits;
+    assert_eq!(l.memory_max, Some((1024 + 256) << 20));
+    assert_eq!(l.memory_high, Some((1024 + 256) << 20));
+    assert_eq!(l.cpu_weight, Some(50), "the first tag that sets it wins");
+    assert_eq!(l.allowed_cpus.as_deref(), Some("0-1"));
+    let hw = machina::qemu::build(&m).unwrap();
+    let plan = machina::plan::plan_for(&m, &hw, 70001, Path::new("/sys"));
+    let unit =
+        machina::systemd::unit::render(&plan, &machina::systemd::unit::UnitOptions::new(&plan))
+            .unwrap();
+    for want in [
+        "MemoryMax=1342177280",
+        "MemoryHigh=1342177280",
+        "CPUWeight=50",
+        "AllowedCPUs=0-1",
+        "TasksMax=4096",
+        "LimitNOFILE=65536",
+    ] {
+        assert!(unit.lines().any(|l| l == want), "{want} in\n{unit}");
+    }
+    // No limits: the unit says nothing about memory or CPU.
+    let m = build(h.clone(), json!({"attrs": {"memory": {"ram": 64}}})).unwrap();
+    assert!(m.limits.is_empty());
+
+    let e = build(
+        h,
+        json!({"attrs": {"memory": {"ram": 64}, "limits": {"cpu": {"weight": 20000, "allowed": "0-3\nx"}}}}),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("attrs.limits.cpu.weight") && e.contains("1–10000"),
+        "{e}"
+    );
+    assert!(
+        e.contains("attrs.limits.cpu.allowed") && e.contains("CPU list"),
+        "{e}"
+    );
+}

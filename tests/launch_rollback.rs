@@ -106,7 +106,7 @@ fn every_failed_step_leaves_the_host_unchanged() {
         &files,
         |f| {
             let t = std::fs::read_to_string(f).unwrap().replacen(
-                "\"version\": 2",
+                &format!("\"version\": {}", machina::plan::PLAN_VERSION),
                 "\"version\": 99",
                 1,
             );

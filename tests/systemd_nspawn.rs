@@ -97,6 +97,7 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
         } else {
             Accelerator::Tcg
         }),
+        limits: Default::default(),
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args.iter().map(|s| s.to_string()).collect(),

@@ -39,6 +39,7 @@ fn base(vm: &str) -> Plan {
         mdevs: vec![],
         grants: vec![],
         needs: HostNeeds::new(Accelerator::Kvm),
+        limits: Default::default(),
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args(&[

@@ -8,6 +8,7 @@ mod check;
 mod complete;
 mod generate;
 mod host;
+mod inspect;
 mod manual;
 mod qmp;
 mod run;
@@ -142,6 +143,16 @@ enum Command {
         #[arg(required = true)]
         machines: Vec<String>,
     },
+    /// Displays everything about virtual machines: state, unit, plan, QMP,
+    /// spice and agent ports, TAPs, volumes, TPM.
+    Inspect {
+        /// Print JSON (see `machina schema inspect`).
+        #[arg(long)]
+        json: bool,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
     /// Removes the unit and launch plan of stopped virtual machines.
     Dissolve {
         /// Machines.
@@ -206,7 +217,8 @@ enum Command {
     GenId,
     /// Generates a random MAC hardware address.
     GenMac,
-    /// Prints a JSON Schema of the host file or the machine files.
+    /// Prints a JSON Schema of the host file, the machine files or the
+    /// output of `inspect --json`.
     Schema {
         /// Which file kind.
         #[arg(value_enum, default_value = "machine")]
@@ -239,6 +251,8 @@ enum SchemaKind {
     Host,
     /// machine.conf.d/<name>.conf.json
     Machine,
+    /// The output of `inspect --json`
+    Inspect,
 }
 
 /// An error a command reports: one line, already formatted.
@@ -421,6 +435,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status { json, machines } => {
             return units::status(&dir, &cli.plan_dir, &machines, json)
         }
+        Command::Inspect { json, machines } => {
+            return inspect::inspect(&dir, &cli.plan_dir, &machines, json)
+        }
         Command::Dissolve { machines } => {
             return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
         }
@@ -454,6 +471,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             let schema = match kind {
                 SchemaKind::Host => schemars::schema_for!(config::schema::HostFile),
                 SchemaKind::Machine => schemars::schema_for!(config::schema::MachineFile),
+                SchemaKind::Inspect => inspect::schema(),
             };
             writeln!(
                 out,

@@ -51,6 +51,8 @@ pub struct Machine {
     pub agent_port: Option<u16>,
     /// Spice.
     pub spice: Option<SpiceSpec>,
+    /// Resource limits of the unit.
+    pub limits: ResourceLimits,
     /// Volumes in merged order.
     pub volumes: Vec<ResolvedVolume>,
     /// Connections in merged order.
@@ -128,6 +130,31 @@ pub struct CpuSpec {
 pub struct TpmSpec {
     /// swtpm control socket.
     pub socket: PathBuf,
+}
+
+/// Optional cgroup limits of a VM's unit, resolved from `attrs.limits`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ResourceLimits {
+    /// `MemoryHigh=` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_high: Option<u64>,
+    /// `MemoryMax=` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// `CPUWeight=`, 1–10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
+    /// `AllowedCPUs=`, a checked CPU list ([`crate::names::is_cpu_list`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_cpus: Option<String>,
+}
+
+impl ResourceLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ResourceLimits::default()
+    }
 }
 
 /// Spice settings.

@@ -59,6 +59,7 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
         mdevs,
         grants,
         needs: hw.needs.clone(),
+        limits: m.limits.clone(),
         qemu: QemuExec {
             binary: m.qemu.binary.clone(),
             args: hw.argv(),

@@ -254,6 +254,11 @@ impl Renderer<'_> {
     }
 }
 
+/// `TasksMax=` of every VM unit.
+pub const TASKS_MAX: u32 = 4096;
+/// `LimitNOFILE=` of every VM unit.
+pub const NOFILE: u32 = 65536;
+
 /// Whether a grant path is a device node under `/dev` (a block device).
 fn is_dev(p: &Path) -> bool {
     p.starts_with("/dev")
@@ -368,6 +373,29 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line("RuntimeDirectoryMode=0750");
     line("RuntimeDirectoryPreserve=no");
     line("UMask=0077");
+    // QEMU's threads: one per vCPU, its I/O worker pool (up to 64 per
+    // AioContext), iothreads, vhost workers: 4096 leaves room for the
+    // largest guests and still stops a runaway.
+    line(&format!("TasksMax={TASKS_MAX}"));
+    // Every virtqueue of a multiqueue NIC or disk takes eventfds and irqfds:
+    // the default soft limit of 1024 is reachable; systemd's hard default
+    // (524288) is more than any VM needs.
+    line(&format!("LimitNOFILE={NOFILE}"));
+    let limits = &plan.limits;
+    if let Some(b) = limits.memory_high {
+        line(&format!("MemoryHigh={b}"));
+    }
+    if let Some(b) = limits.memory_max {
+        line(&format!("MemoryMax={b}"));
+    }
+    if let Some(w) = limits.cpu_weight {
+        line(&format!("CPUWeight={w}"));
+    }
+    if let Some(cpus) = &limits.allowed_cpus {
+        // Checked by Plan::check (digits, ',' and '-' only).
+        r.text("allowed CPUs", cpus)?;
+        line(&format!("AllowedCPUs={cpus}"));
+    }
     if let Some(bytes) = needs.memlock {
         // vfio pins all guest memory.
         line(&format!("LimitMEMLOCK={bytes}"));
@@ -531,6 +559,7 @@ mod tests {
             mdevs: vec![],
             grants: vec![],
             needs: HostNeeds::new(Accelerator::Kvm),
+            limits: Default::default(),
             qemu: QemuExec {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
                 args: args.iter().map(|s| s.to_string()).collect(),

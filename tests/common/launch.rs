@@ -223,6 +223,7 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         mdevs: vec![],
         grants,
         needs,
+        limits: Default::default(),
         qemu: QemuExec {
             binary: qemu.to_owned(),
             args,
