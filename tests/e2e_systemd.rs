@@ -263,6 +263,25 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     assert_eq!(tap["exists"], true);
     assert_eq!(tap["up"], true);
     assert_eq!(i["volumes"][0]["name"], "os");
+
+    // machina logs: the launcher's step lines, each with the VM, the step
+    // and its duration; status ends with the journal's last lines.
+    let logs = c.exec_ok(&[&format!("{BIN_MOUNT}/machina"), "logs", &vm]);
+    for step in ["plan checks", "lock", "runtime directory", "checks"] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains("launch step") && l.contains(&format!("step=\"{step}\"")))
+            .unwrap_or_else(|| panic!("no step {step:?} in\n{logs}"));
+        assert!(line.contains(&format!("vm=\"{vm}\"")), "{line}");
+        assert!(line.contains(" us="), "{line}");
+    }
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("step=\"exec\"") && l.contains("total_us=")),
+        "{logs}"
+    );
+    let status = c.exec_ok(&[&format!("{BIN_MOUNT}/machina"), "status", &vm]);
+    assert!(status.contains("launch step"), "{status}");
     assert_eq!(i["volumes"][0]["path"], format!("{POOL}/{vm}-os.raw"));
 
     // systemctl stop: ExecStop's orderly QMP shutdown, the guest powers off

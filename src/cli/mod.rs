@@ -9,6 +9,7 @@ mod complete;
 mod generate;
 mod host;
 mod inspect;
+mod logs;
 mod manual;
 mod qmp;
 mod run;
@@ -54,6 +55,10 @@ pub struct Cli {
     /// Directory of the generated systemd units.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
     pub unit_dir: PathBuf,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); without
+    /// it, the level in MACHINA_LOG (default warn).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,6 +157,18 @@ enum Command {
         /// Machines.
         #[arg(required = true)]
         machines: Vec<String>,
+    },
+    /// Shows a virtual machine's journal: launcher steps, QEMU, shutdown,
+    /// teardown.
+    Logs {
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Show only the last N lines.
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<u32>,
+        /// Machine.
+        machine: String,
     },
     /// Removes the unit and launch plan of stopped virtual machines.
     Dissolve {
@@ -318,6 +335,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    logs::init(cli.verbose);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -435,6 +453,11 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status { json, machines } => {
             return units::status(&dir, &cli.plan_dir, &machines, json)
         }
+        Command::Logs {
+            follow,
+            lines,
+            machine,
+        } => return logs::logs(&machine, follow, lines),
         Command::Inspect { json, machines } => {
             return inspect::inspect(&dir, &cli.plan_dir, &machines, json)
         }

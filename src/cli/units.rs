@@ -255,6 +255,15 @@ pub fn status(
         if let Some(e) = &r.error {
             println!("  error: {e}");
         }
+        if r.unit.is_some() {
+            let tail = super::logs::tail(&r.name, super::logs::STATUS_LINES);
+            if !tail.is_empty() {
+                println!();
+                for l in tail {
+                    println!("  {l}");
+                }
+            }
+        }
     }
     Ok(0)
 }

@@ -25,6 +25,7 @@
 //! (see [`qemu_args`]); the QEMU binary and the directories above it must
 //! be root's alone, and the checked fd is what gets executed.
 
+pub mod log;
 pub mod qemu_args;
 
 use std::ffi::OsString;
@@ -84,6 +85,7 @@ const USAGE: &str = "usage: machina-launch <vm> | machina-launch --plan FILE";
 /// failure: on success the process has become QEMU).
 pub fn main() -> i32 {
     ensure_stdio();
+    log::init();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let (label, path, expect) = match args.as_slice() {
         [flag, file] if flag == "--plan" => {
@@ -233,12 +235,14 @@ pub fn run(plan: &Plan) -> Failure {
 }
 
 fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
+    let mut steps = log::Steps::new(plan.machine.as_str());
     if let Err(e) = crate::identity::check_vm_id(plan.uid, plan.machine.as_str()) {
         return refuse("identity", e.to_string());
     }
     if let Err(e) = qemu_args::check(&plan.qemu.args) {
         return refuse("qemu", e);
     }
+    steps.done("plan checks");
     let root = runtime_dir::open_root().step("runtime directory")?;
     let lock_dir = runtime_dir::open_lock_dir().step("lock")?;
     let lock = FileLock::acquire(
@@ -279,7 +283,8 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
             ),
         );
     }
-    let failure = launch(plan, &root, &lock);
+    steps.done("lock");
+    let failure = launch(plan, &root, &lock, &mut steps);
     lock.remove();
     Err(failure)
 }
@@ -318,8 +323,8 @@ pub fn lock_fd_number(plan: &Plan) -> i32 {
 }
 
 /// The prepare steps, drop and exec. Guards live here, so returning undoes.
-fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock) -> Failure {
-    match launch_steps(plan, root, lock) {
+fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock, steps: &mut log::Steps<'_>) -> Failure {
+    match launch_steps(plan, root, lock, steps) {
         Ok(never) => match never {},
         Err(f) => f,
     }
@@ -329,20 +334,27 @@ fn launch_steps(
     plan: &Plan,
     root: &OwnedFd,
     lock: &FileLock,
+    steps: &mut log::Steps<'_>,
 ) -> Result<std::convert::Infallible, Failure> {
     let _dir = runtime_dir::RuntimeDir::prepare(root, &plan.runtime_dir(), plan.uid, plan.gid)
         .step("runtime directory")?;
+    steps.done("runtime directory");
     let mut taps = Vec::with_capacity(plan.taps.len());
     for t in &plan.taps {
         taps.push(tap::prepare(t).step(format_args!("tap {}", t.ifname))?);
+        steps.done(&format!("tap {}", t.ifname));
     }
     let mut mdevs = Vec::with_capacity(plan.mdevs.len());
     for m in &plan.mdevs {
         mdevs.push(mdev::prepare(m, plan.gid).step(format_args!("mdev {}", m.uuid))?);
+        steps.done(&format!("mdev {}", m.uuid));
     }
     let mut grants = Vec::with_capacity(plan.grants.len());
     for g in &plan.grants {
         grants.push(grant::prepare(g, plan.uid, plan.gid).step("grant")?);
+    }
+    if !plan.grants.is_empty() {
+        steps.done("grants");
     }
     // Only a KVM guest gets the group of /dev/kvm: a TCG one never opens it.
     let kvm_gid = if plan.needs.devices.contains(&DeviceNode::Kvm) {
@@ -353,11 +365,13 @@ fn launch_steps(
     let gids = [plan.gid, kvm_gid];
     reach::check(plan, &gids).step("reach")?;
     let binary_fd = privdrop::check_binary(&plan.qemu.binary, plan.uid, &gids).step("qemu")?;
+    steps.done("checks");
     if let Some(bytes) = plan.needs.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;
+    steps.exec(&plan.qemu.binary);
     let hint = format!(
         "(root was already given up; run `machina teardown {}`)",
         plan.machine
