@@ -152,6 +152,7 @@ fn every_failed_step_leaves_the_host_unchanged() {
     if !Path::new("/dev/vhost-net").exists() {
         let mut p = base("r-vhost");
         p.taps[0] = l::tap("r-vhost.0", true);
+        p.needs.add_device(machina::plan::DeviceNode::VhostNet);
         fails_cleanly(
             &ns,
             &sb,

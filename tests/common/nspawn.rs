@@ -151,7 +151,17 @@ impl Container {
                 a.push(p.as_os_str());
                 a
             }))
-            .args(["--", "systemd.firstboot=off"])
+            // The container has no network (--private-network), so nothing
+            // can wait for it: masked from the start, network-online.target
+            // (wanted by machina's units, and by cockpit-motd.service when
+            // Cockpit is installed on the host) is reached at once instead
+            // of holding `is-system-running --wait` for wait-online's 2 min.
+            .args([
+                "--",
+                "systemd.firstboot=off",
+                "systemd.mask=systemd-networkd-wait-online.service",
+                "systemd.mask=NetworkManager-wait-online.service",
+            ])
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2)
