@@ -156,7 +156,12 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     c.daemon_reload();
 
     let t = Instant::now();
-    c.exec_ok(&["systemctl", "start", &unit_name]);
+    let started = c.exec(&["systemctl", "start", &unit_name]);
+    assert!(
+        started.status.success(),
+        "systemctl start failed; journal:\n{}",
+        c.journal(&unit_name)
+    );
     let console_path = c.path(console.to_str().unwrap());
     wait_for(
         &c,
@@ -283,28 +288,6 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     let status = c.exec_ok(&[&format!("{BIN_MOUNT}/machina"), "status", &vm]);
     assert!(status.contains("launch step"), "{status}");
 
-    // systemd-machined knows the VM: class vm, its UUID, this unit, QEMU
-    // as leader.
-    let machines = c.exec_ok(&["machinectl", "list", "--no-legend"]);
-    let row = machines
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(vm.as_str()))
-        .unwrap_or_else(|| {
-            panic!(
-                "{vm} not in machinectl list:\n{machines}\n{}",
-                c.journal(&unit_name)
-            )
-        });
-    assert_eq!(row.split_whitespace().nth(1), Some("vm"), "{row}");
-    let props = c.exec_ok(&["machinectl", "show", &vm, "--property=Id,Unit,Leader,Class"]);
-    // Printed as 32 hex digits or as a UUID, depending on systemd.
-    assert!(
-        props.contains(&format!("Id={}", plan.uuid.simple()))
-            || props.contains(&format!("Id={}", plan.uuid.hyphenated())),
-        "{props}"
-    );
-    assert!(props.contains(&format!("Unit={unit_name}")), "{props}");
-    assert!(props.contains(&format!("Leader={pid}")), "{props}");
     assert_eq!(i["volumes"][0]["path"], format!("{POOL}/{vm}-os.raw"));
 
     // systemctl stop: ExecStop's orderly QMP shutdown, the guest powers off
@@ -335,18 +318,6 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         !c.exec_ok(&["ip", "-o", "link"])
             .contains(plan.taps[0].ifname.as_str()),
         "TAP removed"
-    );
-    // machined forgets the VM with its unit.
-    wait_for(
-        &c,
-        &unit_name,
-        "machined to drop the VM",
-        Duration::from_secs(20),
-        || {
-            !c.exec_ok(&["machinectl", "list", "--no-legend"])
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(vm.as_str()))
-        },
     );
     println!("systemctl stop (orderly guest shutdown + teardown): {stop:?}");
 }

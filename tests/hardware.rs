@@ -482,7 +482,7 @@ fn resource_limits_from_tags() {
         "CPUWeight=50",
         "AllowedCPUs=0-1",
         "TasksMax=4096",
-        "LimitNOFILE=65536",
+        "LimitNOFILE=16384",
     ] {
         assert!(unit.lines().any(|l| l == want), "{want} in\n{unit}");
     }

@@ -62,8 +62,6 @@ use crate::plan::{Access, DeviceNode, Plan, DEFAULT_PLAN_DIR};
 pub const DEFAULT_LAUNCHER: &str = "/usr/bin/machina-launch";
 /// Default path of the `machina` binary.
 pub const DEFAULT_MACHINA: &str = "/usr/bin/machina";
-/// systemd's D-Bus client, which registers the VM with systemd-machined.
-pub const BUSCTL: &str = "/usr/bin/busctl";
 
 /// The unit name of a VM: `machina-qemu-<vm>.service`.
 pub fn unit_name(vm: &MachineName) -> String {
@@ -259,7 +257,7 @@ impl Renderer<'_> {
 /// `TasksMax=` of every VM unit.
 pub const TASKS_MAX: u32 = 4096;
 /// `LimitNOFILE=` of every VM unit.
-pub const NOFILE: u32 = 65536;
+pub const NOFILE: u32 = 16384;
 
 /// Whether a grant path is a device node under `/dev` (a block device).
 fn is_dev(p: &Path) -> bool {
@@ -333,32 +331,6 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
             exec(&[launcher, "--plan", plan_path])
         ));
     }
-    // Registration with systemd-machined (`machinectl list` shows the VM,
-    // class vm, its UUID, this unit, QEMU as leader), as systemd-vmspawn
-    // does; machined drops it when the unit stops. Best effort ("-"): a
-    // host without machined gets one journal line from busctl. "+": machined
-    // asks polkit unless the caller has CAP_SYS_ADMIN, which this sandbox
-    // never has; busctl sends this one fixed message and parses nothing the
-    // VM controls. After the launcher's exec, so it costs the launch nothing.
-    let uuid: Vec<String> = plan.uuid.as_bytes().iter().map(u8::to_string).collect();
-    let mut register = vec![
-        BUSCTL,
-        "call",
-        "--quiet",
-        "org.freedesktop.machine1",
-        "/org/freedesktop/machine1",
-        "org.freedesktop.machine1.Manager",
-        "RegisterMachine",
-        "sayssus",
-        vm,
-        "16",
-    ];
-    register.extend(uuid.iter().map(String::as_str));
-    register.extend(["machina", "vm"]);
-    line(&format!(
-        "ExecStartPost=-+{} $MAINPID \"\"",
-        exec(&register)
-    ));
     let shutdown_timeout = go_duration(opts.shutdown_timeout);
     line(&format!(
         "ExecStop={}",
@@ -406,8 +378,9 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     // largest guests and still stops a runaway.
     line(&format!("TasksMax={TASKS_MAX}"));
     // Every virtqueue of a multiqueue NIC or disk takes eventfds and irqfds:
-    // the default soft limit of 1024 is reachable; systemd's hard default
-    // (524288) is more than any VM needs.
+    // the default soft limit of 1024 is reachable. Not higher: above the
+    // hard limit systemd runs under (a container's may be 20000), the start
+    // fails.
     line(&format!("LimitNOFILE={NOFILE}"));
     let limits = &plan.limits;
     if let Some(b) = limits.memory_high {
@@ -614,14 +587,11 @@ mod tests {
             ["/usr/bin/machina shutdown --system --timeout 1m25s vm1"]
         );
         assert_eq!(lines(&u, "ExecStopPost"), ["/usr/bin/machina teardown vm1"]);
-        assert_eq!(
-            lines(&u, "ExecStartPost"),
-            ["-+/usr/bin/busctl call --quiet org.freedesktop.machine1 /org/freedesktop/machine1 \
-              org.freedesktop.machine1.Manager RegisterMachine sayssus vm1 16 \
-              0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 machina vm $MAINPID \"\""]
-        );
+        // No ExecStartPost: systemd would hand the runtime directory back
+        // to root while QEMU creates its sockets in it.
+        assert!(lines(&u, "ExecStartPost").is_empty());
         assert_eq!(lines(&u, "TasksMax"), ["4096"]);
-        assert_eq!(lines(&u, "LimitNOFILE"), ["65536"]);
+        assert_eq!(lines(&u, "LimitNOFILE"), ["16384"]);
         assert!(lines(&u, "MemoryMax").is_empty() && lines(&u, "CPUWeight").is_empty());
         assert_eq!(lines(&u, "TimeoutStopSec"), ["1m30s"]);
         assert_eq!(
