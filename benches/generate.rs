@@ -1,139 +1,220 @@
-//! Benchmark (issue 2): generate QEMU args for 10,000 machines from one host
-//! file and 10,000 machine files, end to end through the release `machina`
-//! binary (`machina args vm00000 … vm09999`), and in-process through the
-//! library. Reports machines per second, µs per machine, the ratio against
-//! the Go program's `generate --preview` (0.38 ms per machine measured on
-//! this kind of machine) and the peak RSS of the binary.
+//! Benchmark (issues 2 and 12): `machina args` and `machina gen --preview`
+//! over 1, 100 and 10,000 VM files made from the README example, side by
+//! side with the Go program's `args` and `generate --preview` in the same
+//! run when it is present, each process pinned to CPU 0 and the two
+//! programs alternated (A B A B …) so that machine load hits both alike.
+//! Reports the median wall time of each, the ratios Go / machina of wall
+//! and of CPU time (user + sys; medians of the pairwise ratios; on a loaded
+//! machine the CPU ratio is the steadier one) and each one's peak RSS.
 //!
-//! Run: `cargo bench --bench generate`.
+//! The Go program is `$MACHINA_GO`, else `shared/reference/go-machina`
+//! beside this checkout (or beside a parent directory of it); without it
+//! only machina's figures are printed, with a line saying so.
+//!
+//! Run: `cargo bench --bench generate` (`-- --quick` for fewer runs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// The same allocator as the `machina` binary, so the in-process figure
-/// is comparable.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+const SIZES: [usize; 3] = [1, 100, 10_000];
 
-const MACHINES: usize = 10_000;
-const GO_MS_PER_MACHINE: f64 = 0.38;
-
-fn write_tree(dir: &Path) -> Vec<String> {
-    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/go/readme-example");
+/// Writes a configuration directory with `n` machine files like the
+/// README's example VM (tags, a per-VM employee id), returning the names.
+fn write_tree(dir: &Path, n: usize) -> Vec<String> {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/config");
-    let host = if golden.exists() {
-        golden.join("machina.conf.json")
-    } else {
-        examples.join("machina.conf.json")
-    };
     std::fs::create_dir_all(dir.join("machine.conf.d")).unwrap();
-    std::fs::copy(host, dir.join("machina.conf.json")).unwrap();
-    let mut names = Vec::with_capacity(MACHINES);
-    for i in 0..MACHINES {
-        let name = format!("vm{i:05}");
-        let text = format!(
-            "{{\n\t\"id\": \"{}\",\n\t\"description\": \"Desk {i}\",\n\t\"tags\": [\"vdi-employee\", \"vdi-cad\", \"windows\", \"windows-10-media\", \"firmware-202302\"],\n\t\"vars\": {{\"employee-id\": \"{}\"}}\n}}\n",
-            uuid::Uuid::from_u128(0x8b18191a_234f_45ce_b43c_b46e28cd0000 + i as u128),
-            1000 + i % 9000
-        );
-        std::fs::write(
-            dir.join("machine.conf.d").join(format!("{name}.conf.json")),
-            text,
-        )
-        .unwrap();
-        names.push(name);
-    }
-    names
+    std::fs::copy(
+        examples.join("machina.conf.json"),
+        dir.join("machina.conf.json"),
+    )
+    .unwrap();
+    (0..n)
+        .map(|i| {
+            let name = format!("vm{i:05}");
+            let text = format!(
+                "{{\n\t\"id\": \"{}\",\n\t\"description\": \"Desk {i}\",\n\t\"tags\": [\"vdi-employee\", \"vdi-cad\", \"windows\", \"windows-10-media\", \"firmware-202302\"],\n\t\"vars\": {{\"employee-id\": \"{}\"}}\n}}\n",
+                uuid::Uuid::from_u128(0x8b18191a_234f_45ce_b43c_b46e28cd0000 + i as u128),
+                1000 + i % 9000
+            );
+            std::fs::write(
+                dir.join("machine.conf.d").join(format!("{name}.conf.json")),
+                text,
+            )
+            .unwrap();
+            name
+        })
+        .collect()
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// One finished run: wall seconds, CPU seconds, peak RSS in KiB.
+#[derive(Clone, Copy)]
+struct Run {
+    wall: f64,
+    cpu: f64,
+    rss_kib: i64,
+}
+
+/// Runs `cmd` (stdout to /dev/null, stderr to a file read on failure).
+fn run(mut cmd: Command, label: &str) -> Run {
+    let err_path =
+        std::env::temp_dir().join(format!("machina-bench-gen-{}.err", std::process::id()));
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let t = Instant::now();
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{label}: {e}"));
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter for wait4.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers (the Child
+    // handle is only dropped afterwards, which does not wait).
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(r, pid);
+    drop(child);
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{label} failed: {stderr}"
+    );
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Run {
+        wall,
+        cpu: secs(ru.ru_utime) + secs(ru.ru_stime),
+        rss_kib: ru.ru_maxrss,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
+fn pinned(program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", "0"]).arg(program);
+    c
+}
+
+/// `$MACHINA_GO`, else `shared/reference/go-machina` beside this checkout
+/// or beside one of its parents (a git worktree sits deeper).
+fn go_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MACHINA_GO") {
+        let p = PathBuf::from(p);
+        return p.is_file().then(|| std::fs::canonicalize(p).unwrap());
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .skip(1)
+        .map(|d| d.join("shared/reference/go-machina"))
+        .find(|p| p.is_file())
+        .map(|p| std::fs::canonicalize(p).unwrap())
+}
+
 fn main() {
-    let dir = std::env::temp_dir().join(format!("machina-bench-gen-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let names = write_tree(&dir);
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/machina");
+    let quick = std::env::args().any(|a| a == "--quick");
     let status = Command::new("cargo")
         .args(["build", "--release", "--quiet", "--bin", "machina"])
         .status()
         .unwrap();
     assert!(status.success());
-
-    // End to end: one process generates all 10,000 argv lines.
-    let mut runs = Vec::new();
-    let mut cpu = Vec::new();
-    let mut peak_kib = 0;
-    for _ in 0..7 {
-        let t = Instant::now();
-        #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_rusage
-        let child = Command::new(&bin)
-            .arg("--config-dir")
-            .arg(&dir)
-            .arg("args")
-            .args(&names)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (status, rss, user) = wait_rusage(child.id() as i32);
-        assert!(status == 0, "machina args failed");
-        runs.push(t.elapsed().as_secs_f64());
-        cpu.push(user);
-        peak_kib = peak_kib.max(rss);
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/machina");
+    if Command::new("taskset")
+        .args(["-c", "0", "true"])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        println!("taskset (util-linux) is needed to pin both programs to CPU 0");
+        return;
     }
-    let secs = median(&mut runs);
-    let us = secs * 1e6 / MACHINES as f64;
-    println!("machina args, {MACHINES} machines, one process: median {:.3} s = {:.1} µs/machine, {:.0} machines/s, peak RSS {} KiB", secs, us, MACHINES as f64 / secs, peak_kib);
+    let go = go_binary();
+    match &go {
+        Some(g) => println!("Go program: {}", g.display()),
+        None => println!(
+            "Go program not found (set MACHINA_GO or put it at ../shared/reference/go-machina): machina's figures only"
+        ),
+    }
+    println!("both pinned to CPU 0 (taskset -c 0), alternated; medians; ratios = median of Go/machina per pair\n");
     println!(
-        "  ratio vs Go generate --preview ({GO_MS_PER_MACHINE} ms/machine): {:.1}x faster",
-        GO_MS_PER_MACHINE * 1000.0 / us
+        "{:>6}  {:<14} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "VMs", "command", "machina s", "Go s", "wall ratio", "CPU ratio", "machina RSS", "Go RSS"
     );
-    let cpu_us = median(&mut cpu) * 1e6 / MACHINES as f64;
-    println!(
-        "  CPU time (user+sys, all cores): {cpu_us:.1} µs/machine ({:.1}x less than Go's wall time)",
-        GO_MS_PER_MACHINE * 1000.0 / cpu_us
-    );
-
-    // In process: load + merge + hardware + argv, no output.
-    let cdir = machina::config::ConfigDir::new(&dir);
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        let host = cdir.load_host().unwrap();
-        let mut bytes = 0;
-        for n in &names {
-            let m = machina::config::load_machine(&cdir, &host, &n.parse().unwrap()).unwrap();
-            let hw = machina::qemu::build(&m).unwrap();
-            bytes += machina::qemu::options_line(&hw.options).len();
+    for n in SIZES {
+        let dir =
+            std::env::temp_dir().join(format!("machina-bench-gen-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let names = write_tree(&dir, n);
+        let plans = dir.join("no-plans");
+        if let Some(g) = &go {
+            // The Go program names itself after argv[0] and reads
+            // ./machina.conf.json: a `machina` symlink in the tree.
+            std::os::unix::fs::symlink(g, dir.join("machina")).unwrap();
         }
-        assert!(bytes > 0);
-        runs.push(t.elapsed().as_secs_f64());
+        let runs = match (n, quick) {
+            (10_000, true) => 3,
+            (10_000, false) => 5,
+            (_, true) => 5,
+            _ => 15,
+        };
+        for (label, ours, theirs) in [
+            ("args", vec!["args"], vec!["args"]),
+            (
+                "gen --preview",
+                vec!["gen", "--preview"],
+                vec!["generate", "--preview"],
+            ),
+        ] {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            for _ in 0..runs {
+                let mut c = pinned(&bin);
+                c.arg("--config-dir")
+                    .arg(&dir)
+                    .arg("--plan-dir")
+                    .arg(&plans)
+                    .args(&ours)
+                    .args(&names);
+                a.push(run(c, &format!("machina {label}")));
+                if go.is_some() {
+                    let mut c = pinned(&dir.join("machina"));
+                    c.current_dir(&dir).args(&theirs).args(&names);
+                    b.push(run(c, &format!("Go {label}")));
+                }
+            }
+            let ours_s = median(a.iter().map(|r| r.wall).collect());
+            let ours_rss = a.iter().map(|r| r.rss_kib).max().unwrap();
+            if b.is_empty() {
+                println!(
+                    "{n:>6}  {label:<14} {ours_s:>10.4} {:>10} {:>10} {:>10} {:>8.1} MiB {:>12}",
+                    "-",
+                    "-",
+                    "-",
+                    ours_rss as f64 / 1024.0,
+                    "-"
+                );
+            } else {
+                let go_s = median(b.iter().map(|r| r.wall).collect());
+                let ratio = median(a.iter().zip(&b).map(|(x, y)| y.wall / x.wall).collect());
+                let cpu_ratio = median(a.iter().zip(&b).map(|(x, y)| y.cpu / x.cpu).collect());
+                let go_rss = b.iter().map(|r| r.rss_kib).max().unwrap();
+                println!(
+                    "{n:>6}  {label:<14} {ours_s:>10.4} {go_s:>10.4} {ratio:>9.1}x {cpu_ratio:>9.1}x {:>8.1} MiB {:>8.1} MiB",
+                    ours_rss as f64 / 1024.0,
+                    go_rss as f64 / 1024.0
+                );
+            }
+            let cpu = median(a.iter().map(|r| r.cpu).collect());
+            if n == 10_000 {
+                println!(
+                    "{:>6}  {:<14} machina CPU {cpu:.3} s = {:.1} µs per VM",
+                    "",
+                    "",
+                    cpu * 1e6 / n as f64
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let secs = median(&mut runs);
-    println!(
-        "library, one thread, {MACHINES} machines: median {:.3} s = {:.1} µs/machine, {:.0} machines/s",
-        secs,
-        secs * 1e6 / MACHINES as f64,
-        MACHINES as f64 / secs
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Waits for `pid`, returning its exit code, peak RSS in KiB and CPU seconds.
-fn wait_rusage(pid: i32) -> (i32, i64, f64) {
-    let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child with valid out-pointers.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid);
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        libc::WEXITSTATUS(status),
-        ru.ru_maxrss,
-        secs(ru.ru_utime) + secs(ru.ru_stime),
-    )
 }

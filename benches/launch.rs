@@ -144,10 +144,15 @@ impl Env {
                 n
             },
             limits: Default::default(),
+            // As `machina gen` plans it: no TCP listener, so QEMU gets its own
+            // network namespace (the cost is part of the launch);
+            // BENCH_NO_ISOLATION=1 measures without it.
+            network_isolation: std::env::var_os("BENCH_NO_ISOLATION").is_none(),
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,
             },
+            tpm: None,
         };
         let plan_file = dir.join("plans/bench.json");
         std::fs::write(&plan_file, plan.to_json()).unwrap();

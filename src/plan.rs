@@ -14,13 +14,14 @@ use uuid::Uuid;
 use crate::names::{InterfaceName, MachineName};
 
 mod generate;
-pub use generate::{plan_for, IdError, TakenIds};
+pub use generate::{plan_for, IdError, IdRequest, TakenIds};
 
 /// The plan format this build writes and understands.
 /// Version 2 dropped the `runtime-dir` field: the runtime directory is
 /// derived from the VM's name ([`Plan::runtime_dir`]), never read.
 /// Version 3 carries the hardware's host needs ([`HostNeeds`]; the
-/// `memlock` field moved into them).
+/// `memlock` field moved into them); `network-isolation` is derived from
+/// them (no TCP listener), and `tpm` names the VM's swtpm.
 pub const PLAN_VERSION: u32 = 3;
 
 /// Default directory of plan files.
@@ -39,6 +40,12 @@ pub enum Lock<'a> {
     Vm(&'a MachineName),
     /// Held while a mediated device is created: the lock directory itself.
     Mdev,
+    /// Held by the VM's swtpm for as long as it lives (`swtpm.<vm>`), so a
+    /// second swtpm for the same TPM state is refused.
+    Swtpm(&'a MachineName),
+    /// Held by `machina console` while it is attached to the VM's console
+    /// (QEMU serves one client; a second session is told who holds it).
+    Console(&'a MachineName),
 }
 
 impl Lock<'_> {
@@ -48,6 +55,8 @@ impl Lock<'_> {
         match self {
             Lock::Vm(vm) => format!("vm.{vm}"),
             Lock::Mdev => ".".to_owned(),
+            Lock::Swtpm(vm) => format!("swtpm.{vm}"),
+            Lock::Console(vm) => format!("console.{vm}"),
         }
     }
 
@@ -55,7 +64,9 @@ impl Lock<'_> {
     /// `/run/machina/.lock`.
     pub fn path(&self) -> PathBuf {
         match self {
-            Lock::Vm(_) => Path::new(LOCK_DIR).join(self.file_name()),
+            Lock::Vm(_) | Lock::Swtpm(_) | Lock::Console(_) => {
+                Path::new(LOCK_DIR).join(self.file_name())
+            }
             Lock::Mdev => PathBuf::from(LOCK_DIR),
         }
     }
@@ -91,8 +102,36 @@ pub struct Plan {
     /// them; they are here so that `gen` sees them change).
     #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
     pub limits: ResourceLimits,
+    /// QEMU listens on no TCP address (`needs.listeners` is empty), so
+    /// the launcher runs it in a network namespace of its own, entered after
+    /// its TAPs are open: it keeps its TAPs and UNIX sockets and cannot
+    /// reach the host's network. Derived from `needs` by `gen`; absent
+    /// (false) in older plans.
+    #[serde(default)]
+    pub network_isolation: bool,
     /// What to exec.
     pub qemu: QemuExec,
+    /// The VM's TPM emulator, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Swtpm>,
+}
+
+/// The VM's software TPM: swtpm, run as the VM's uid by
+/// `machina-launch --swtpm` (see [`crate::launcher::swtpm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Swtpm {
+    /// The state directory (`attrs.tpm.data`): owned by the VM's uid, mode
+    /// 0700; the TPM in `state/`, the per-VM local CA in `authority/`.
+    pub data_dir: PathBuf,
+    /// The control socket QEMU connects to.
+    pub socket: PathBuf,
+    /// Absolute path of `swtpm`.
+    pub swtpm: PathBuf,
+    /// Absolute path of `swtpm_setup`.
+    pub swtpm_setup: PathBuf,
+    /// Absolute path of `swtpm_localca`.
+    pub swtpm_localca: PathBuf,
 }
 
 /// One TAP device and the fds QEMU receives for it.
@@ -242,6 +281,9 @@ impl Plan {
         if !self.mdevs.is_empty() {
             needs(DeviceNode::Vfio, "the plan has mediated devices")?;
         }
+        if self.network_isolation && self.needs.inet() {
+            return bad("network isolation but the needs name TCP listeners".into());
+        }
         let mut fds: Vec<i32> = Vec::new();
         for tap in &self.taps {
             if tap.fds.is_empty() {
@@ -282,6 +324,22 @@ impl Plan {
         for g in &self.grants {
             if !g.path.is_absolute() {
                 return bad(format!("grant path {} is not absolute", g.path.display()));
+            }
+        }
+        if let Some(t) = &self.tpm {
+            for (what, p) in [
+                ("tpm data-dir", &t.data_dir),
+                ("tpm socket", &t.socket),
+                ("swtpm", &t.swtpm),
+                ("swtpm-setup", &t.swtpm_setup),
+                ("swtpm-localca", &t.swtpm_localca),
+            ] {
+                if !p.is_absolute() || p.parent().is_none_or(|d| d == Path::new("/")) {
+                    return bad(format!(
+                        "{what} {} is not an absolute path below a directory",
+                        p.display()
+                    ));
+                }
             }
         }
         for m in &self.mdevs {

@@ -851,8 +851,8 @@ fn check_reports_as_json_with_positions() {
 
 #[test]
 fn check_runs_what_gen_runs() {
-    // A TPM without a socket builds for `args` but `gen` refuses it; so
-    // does check.
+    // A TPM without a state directory (attrs.tpm.data) builds for `args`
+    // but `gen` refuses it; so does check.
     let dir = TempDir::new("check-gen");
     let mut m = base_machine();
     m["attrs"]["tpm"] = json!({"enabled": true});
@@ -870,7 +870,10 @@ fn check_runs_what_gen_runs() {
     assert_eq!(code, 1);
     let refusals: Vec<&str> = err.lines().filter(|l| !l.contains("warning")).collect();
     assert_eq!(refusals.len(), 2, "{err}");
-    assert!(refusals[0].contains("vm.conf.json: attrs.tpm"), "{err}");
+    assert!(
+        refusals[0].contains("vm.conf.json: attrs.tpm.data: a TPM needs a state directory"),
+        "{err}"
+    );
     assert!(
         refusals[1].contains("vm2.conf.json: privileges.filesystem.group.id: group id 108"),
         "{err}"
@@ -879,7 +882,7 @@ fn check_runs_what_gen_runs() {
     let (code, out, _) = machina(&dir.0, &["check"]);
     assert_eq!(code, 1);
     assert!(
-        out.contains(": attrs.tpm: machina does not run swtpm"),
+        out.contains(": attrs.tpm.data: a TPM needs a state directory"),
         "{out}"
     );
 }

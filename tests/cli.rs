@@ -168,20 +168,24 @@ fn schema_is_strict_json_schema() {
 }
 
 #[test]
-fn gen_refuses_a_tpm_it_cannot_serve() {
+fn gen_writes_a_swtpm_unit_and_removes_it_when_the_tpm_is_off() {
     let dir = TempDir::new("cli-tpm");
     std::fs::create_dir_all(dir.0.join("config/machine.conf.d")).unwrap();
-    std::fs::copy(
-        examples().join("machina.conf.json"),
-        dir.0.join("config/machina.conf.json"),
+    let mut host: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(examples().join("machina.conf.json")).unwrap(),
     )
     .unwrap();
-    let vm = serde_json::json!({"id": "6f1c7a52-8f0e-4d5b-9a43-2b7e0c1d9e11", "attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true}}});
-    std::fs::write(
-        dir.0.join("config/machine.conf.d/tpm.conf.json"),
-        vm.to_string(),
-    )
-    .unwrap();
+    host["storage"]["tpm"] =
+        serde_json::json!({"path": "/var/lib/machina/tpm", "type": "tpm-data"});
+    std::fs::write(dir.0.join("config/machina.conf.json"), host.to_string()).unwrap();
+    let write_vm = |attrs: serde_json::Value| {
+        let vm = serde_json::json!({"id": "6f1c7a52-8f0e-4d5b-9a43-2b7e0c1d9e11", "attrs": attrs});
+        std::fs::write(
+            dir.0.join("config/machine.conf.d/tpm.conf.json"),
+            vm.to_string(),
+        )
+        .unwrap();
+    };
     let run = |args: &[&str]| {
         Command::new(common::bin("machina"))
             .arg("--config-dir")
@@ -190,28 +194,56 @@ fn gen_refuses_a_tpm_it_cannot_serve() {
             .output()
             .unwrap()
     };
+    write_vm(serde_json::json!({"memory": {"ram": 512}, "tpm": {"enabled": true}}));
     // args shows the Go hardware (tpm-crb on the swtpm socket)…
     assert!(
         stdout(&run(&["args", "tpm"])).contains("-tpmdev emulator,id=tpm.0,chardev=tpm.0.socket")
     );
-    // …but gen will not install a VM whose swtpm nobody runs.
+    // …but gen needs a place for the TPM's state, as the Go program does.
     let root = dir.0.join("root");
     let o = run(&["gen", "--root", root.to_str().unwrap(), "tpm"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("tpm.conf.json: attrs.tpm: machina does not run swtpm yet"),
+        err.contains("tpm.conf.json: attrs.tpm.data: a TPM needs a state directory"),
         "{err}"
     );
     assert!(!root.exists(), "nothing written");
-    // With a socket the administrator serves, it does.
-    let vm = serde_json::json!({"id": "6f1c7a52-8f0e-4d5b-9a43-2b7e0c1d9e11", "attrs": {"memory": {"ram": 512}, "tpm": {"enabled": true, "socket": {"path": "/run/swtpm/tpm.sock"}}}});
-    std::fs::write(
-        dir.0.join("config/machine.conf.d/tpm.conf.json"),
-        vm.to_string(),
-    )
-    .unwrap();
+    // With attrs.tpm.data: the swtpm unit, bound to by the QEMU unit.
+    write_vm(
+        serde_json::json!({"memory": {"ram": 512}, "tpm": {"enabled": true, "data": {"storage": "tpm", "name": "w11"}}}),
+    );
     stdout(&run(&["gen", "--root", root.to_str().unwrap(), "tpm"]));
+    let units = root.join("etc/systemd/system");
+    let swtpm = std::fs::read_to_string(units.join("machina-swtpm-tpm.service")).unwrap();
+    assert!(
+        swtpm.contains("ExecStart=/usr/bin/machina-launch --swtpm tpm"),
+        "{swtpm}"
+    );
+    assert!(swtpm.contains("NoNewPrivileges=yes"), "{swtpm}");
+    assert!(
+        swtpm.contains("ReadWritePaths=-/var/lib/machina/tpm"),
+        "{swtpm}"
+    );
+    let qemu = std::fs::read_to_string(units.join("machina-qemu-tpm.service")).unwrap();
+    assert!(qemu.contains("BindsTo=machina-swtpm-tpm.service"), "{qemu}");
+    assert!(qemu.contains("After=machina-swtpm-tpm.service"), "{qemu}");
+    let plan = std::fs::read_to_string(root.join("etc/machina/launch/tpm.json")).unwrap();
+    assert!(
+        plan.contains("\"data-dir\": \"/var/lib/machina/tpm/w11.tpm-data\""),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("\"socket\": \"/run/machina/tpm/swtpm/control.socket\""),
+        "{plan}"
+    );
+    // TPM off: the unit goes (the state directory is guest data, untouched).
+    write_vm(serde_json::json!({"memory": {"ram": 512}}));
+    stdout(&run(&["gen", "--root", root.to_str().unwrap(), "tpm"]));
+    assert!(!units.join("machina-swtpm-tpm.service").exists());
+    let qemu = std::fs::read_to_string(units.join("machina-qemu-tpm.service")).unwrap();
+    assert!(!qemu.contains("swtpm"), "{qemu}");
 }
 
 /// The schema shipped in `docs/` is the one the binary prints, and
@@ -245,10 +277,23 @@ fn inspect_json_matches_the_shipped_schema() {
         out[1]["volumes"][0]["path"],
         "/srv/machina/disks/web-01/os.raw"
     );
+    // attrs.console: the socket `machina console` attaches to, and its log.
+    assert_eq!(
+        out[1]["console"]["socket"],
+        "/run/machina/web-01/console.sock"
+    );
+    assert_eq!(out[1]["console"]["log"], "/run/machina/web-01/console.log");
+    assert_eq!(out[0]["console"], serde_json::Value::Null, "{out:#}");
     // A wrong document is refused: the test would catch a drift.
     let mut bad = out.clone();
     bad[0]["state"] = "sleeping".into();
     assert!(!validator.is_valid(&bad));
     let text = stdout(&machina(&["inspect", "web-01"]));
     assert!(text.starts_with("web-01\n  uuid: "), "{text}");
+    assert!(
+        text.contains(
+            "\n  console: /run/machina/web-01/console.sock (log /run/machina/web-01/console.log)\n"
+        ),
+        "{text}"
+    );
 }

@@ -204,6 +204,17 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     );
     let exe = c.exec_ok(&["readlink", &format!("/proc/{pid}/exe")]);
     assert_eq!(Path::new(exe.trim()), qemu);
+    // No TCP listener: QEMU runs in a network namespace of its own
+    // (item 7), entered by the launcher under the unit's sandbox, while its
+    // TAP stays on the container's bridge (checked below).
+    assert!(plan.network_isolation);
+    let qemu_ns = c.exec_ok(&["readlink", &format!("/proc/{pid}/ns/net")]);
+    let init_ns = c.exec_ok(&["readlink", "/proc/1/ns/net"]);
+    assert_ne!(
+        qemu_ns.trim(),
+        init_ns.trim(),
+        "QEMU shares the host's network namespace"
+    );
     assert!(c
         .exec_ok(&["ip", "-o", "link", "show", "master", "br0"])
         .contains(plan.taps[0].ifname.as_str()));

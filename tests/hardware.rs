@@ -504,3 +504,72 @@ fn resource_limits_from_tags() {
         "{e}"
     );
 }
+
+/// `attrs.console` from a tag adds exactly a chardev on the runtime
+/// directory's socket with its log, and an ISA serial port: every other
+/// option, PCI addresses included, is what the VM has without it.
+#[test]
+fn console_from_a_tag_adds_only_its_chardev_and_serial_port() {
+    let mut h = host();
+    h["tag"] = json!({"console": {"attrs": {"console": {"enabled": true}}}});
+    let base = json!({"attrs": {"memory": {"ram": 512}},
+                      "volumes": [{"name": "os", "storage": "raw"}]});
+    let without = args(h.clone(), base.clone());
+    let mut tagged = base;
+    tagged["tags"] = json!(["console"]);
+    let with = args(h, tagged);
+    let chardev = "socket,id=console,path=/run/machina/vm/console.sock,server=on,wait=off,logfile=/run/machina/vm/console.log,logappend=on";
+    let serial = "isa-serial,id=serial.0,chardev=console";
+    assert!(opts(&with, "chardev").contains(&chardev.to_owned()));
+    assert!(opts(&with, "device").contains(&serial.to_owned()));
+    let mut stripped = with.clone();
+    for value in [chardev, serial] {
+        let i = stripped.iter().position(|a| a == value).unwrap();
+        stripped.drain(i - 1..=i);
+    }
+    assert_eq!(stripped, without);
+    assert!(!without.iter().any(|a| a.contains("console")));
+}
+
+/// A VM with a TCP listener (guest agent, spice) keeps the host network;
+/// any other is planned into a network namespace of its own.
+#[test]
+fn network_isolation_follows_tcp_listeners() {
+    let plan_of = |attrs: Value| {
+        let m = build(host(), json!({"attrs": attrs})).unwrap();
+        let hw = machina::qemu::build(&m).unwrap();
+        (
+            hw.needs
+                .listeners
+                .iter()
+                .map(|l| std::net::SocketAddr::new(l.address, l.port))
+                .collect::<Vec<_>>(),
+            machina::plan::plan_for(&m, &hw, 70000, Path::new("/sys")).network_isolation,
+        )
+    };
+    assert_eq!(plan_of(json!({"memory": {"ram": 512}})), (vec![], true));
+    let (l, iso) = plan_of(
+        json!({"memory": {"ram": 512}, "agent": {"qemu": {"enabled": true, "port": 4000}}}),
+    );
+    assert_eq!((l, iso), (vec!["127.0.0.1:4000".parse().unwrap()], false));
+    let (l, iso) =
+        plan_of(json!({"memory": {"ram": 512}, "spice": {"enabled": true, "port": 5901}}));
+    assert_eq!((l, iso), (vec!["127.0.0.1:5901".parse().unwrap()], false));
+    // The flag follows the needs: a plan that isolates a QEMU with a TCP
+    // listener is refused.
+    let m = build(
+        host(),
+        json!({"attrs": {"memory": {"ram": 512}, "spice": {"enabled": true, "port": 5901}}}),
+    )
+    .unwrap();
+    let mut plan = machina::plan::plan_for(
+        &m,
+        &machina::qemu::build(&m).unwrap(),
+        70000,
+        Path::new("/sys"),
+    );
+    plan.check().unwrap();
+    plan.network_isolation = true;
+    let e = plan.check().unwrap_err().to_string();
+    assert!(e.contains("network isolation"), "{e}");
+}

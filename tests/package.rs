@@ -142,6 +142,78 @@ fn lintian_reports_no_errors() {
     );
 }
 
+/// The fields of a package's control file (`dpkg-deb -f`).
+fn deb_field(deb: &Path, field: &str) -> String {
+    let out = run_ok(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn cockpit_package_ships_the_page() {
+    const TEST: &str = "cockpit_package_ships_the_page";
+    if !have("lintian") || !have("rpm") {
+        return common::skip(TEST, "lintian or rpm is not installed");
+    }
+    packages();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/packages");
+    let deb = dir.join(format!("machina-cockpit_{VERSION}-1_all.deb"));
+    let rpm = dir.join(format!("machina-cockpit-{VERSION}-1.noarch.rpm"));
+    assert_eq!(deb_field(&deb, "Architecture"), "all");
+    let depends = deb_field(&deb, "Depends");
+    assert!(
+        depends.contains(&format!("machina (>= {VERSION})")) && depends.contains("cockpit-bridge"),
+        "{depends}"
+    );
+    // Every file of cockpit/machina/, and nothing else but Debian's doc files.
+    let page: BTreeSet<String> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("cockpit/machina"))
+            .unwrap()
+            .map(|e| {
+                format!(
+                    "/usr/share/cockpit/machina/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                )
+            })
+            .collect();
+    let mut files = deb_files(&deb);
+    assert!(files.remove("/usr/share/doc/machina-cockpit/copyright"));
+    assert!(files.remove("/usr/share/doc/machina-cockpit/changelog.Debian.gz"));
+    assert_eq!(files, page);
+    let lint = Command::new("lintian")
+        .args(["--tag-display-limit", "0", "--allow-root"])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&lint.stdout);
+    assert!(
+        !text.lines().any(|l| l.starts_with("E:")),
+        "lintian errors:\n{text}"
+    );
+    let q = run_ok(
+        Command::new("rpm")
+            .args([
+                "-qp",
+                "--nosignature",
+                "--queryformat",
+                "%{ARCH}\\n",
+                "-l",
+                "--requires",
+            ])
+            .arg(&rpm),
+    );
+    let q = String::from_utf8_lossy(&q.stdout);
+    let lines: BTreeSet<&str> = q.lines().collect();
+    for want in ["noarch", "machina", "cockpit-bridge"] {
+        assert!(
+            lines.contains(want),
+            "{want} missing in the .rpm's query:\n{q}"
+        );
+    }
+    for f in &page {
+        assert!(lines.contains(f.as_str()), "{f} missing in the .rpm:\n{q}");
+    }
+}
+
 #[test]
 fn rpm_installs_the_same_files_as_the_deb() {
     const TEST: &str = "rpm_installs_the_same_files_as_the_deb";
@@ -581,7 +653,10 @@ impl Tmux {
             keys.extend_from_slice(tabs);
             self.keys(&keys);
             panes.push(self.wait(&format!("{want:?}"), |p| want.iter().all(|w| p.contains(w))));
-            self.keys(&["C-c"]);
+            // Not C-c: a signal would hit a completion still running (the
+            // second Tab) and the keys after it would land on the old
+            // line. Editing keys queue behind it and clear the line.
+            self.keys(&["C-e", "C-u"]);
         }
         panes
     }

@@ -98,10 +98,12 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
             Accelerator::Tcg
         }),
         limits: Default::default(),
+        network_isolation: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args.iter().map(|s| s.to_string()).collect(),
         },
+        tpm: None,
     }
 }
 
@@ -423,14 +425,26 @@ fn qemu_runs_under_the_unit_sandbox_kvm_and_tcg() {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.extend([chardev, "-mon".into(), "chardev=qmp.0,mode=control".into()]);
         let payload = format!("{} {}", qemu.display(), args.join(" "));
-        write_stubs(&bin.0, vm, log, &format!("--groups={kvm_gid}"), &payload);
+        // The TCG VM is network-isolated (no TCP listener in its plan):
+        // its unit must let the launcher unshare a network namespace.
+        let isolated = accel != "-enable-kvm";
+        write_stubs_probing(
+            &bin.0,
+            vm,
+            log,
+            &format!("--groups={kvm_gid}"),
+            &payload,
+            "  unshare --net true && echo \"probe: unshare net ok\" || echo \"probe: unshare net denied\"",
+        );
         let Some(c) = Container::boot(TEST, &bin.0) else {
             return;
         };
         c.write_file(log, "", 0o666);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = plan(vm, &argv, log);
+        let mut p = plan(vm, &argv, log);
+        p.network_isolation = isolated;
         let text = render(&p, &options(&p)).unwrap();
+        assert_eq!(text.contains("RestrictNamespaces=net"), isolated, "{text}");
         assert_eq!(
             text.contains("MemoryDenyWriteExecute=yes"),
             accel == "-enable-kvm",
@@ -487,6 +501,13 @@ fn qemu_runs_under_the_unit_sandbox_kvm_and_tcg() {
             "{vm}: QEMU's -sandbox filter missing:\n{status}"
         );
         assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+        let probes = std::fs::read_to_string(c.path(log)).unwrap();
+        let want = if isolated {
+            "probe: unshare net ok"
+        } else {
+            "probe: unshare net denied"
+        };
+        assert!(probes.contains(want), "{vm}: {probes}");
 
         let t = Instant::now();
         sc.run(Verb::Stop, std::slice::from_ref(&unit)).unwrap();

@@ -40,6 +40,7 @@ fn base(vm: &str) -> Plan {
         grants: vec![],
         needs: HostNeeds::new(Accelerator::Kvm),
         limits: Default::default(),
+        network_isolation: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args(&[
@@ -51,6 +52,7 @@ fn base(vm: &str) -> Plan {
                 "chardev=qmp.0,mode=control",
             ]),
         },
+        tpm: None,
     }
 }
 
@@ -292,4 +294,41 @@ fn block_device_unit_verifies_and_scores() {
         return;
     }
     check("blk", &block_devices());
+}
+
+/// A network-isolated VM's unit (no TCP listener: the launcher unshares a
+/// network namespace for QEMU) pays for it with `CAP_SYS_ADMIN` in the
+/// launcher's bounding set and `RestrictNamespaces=net`; nothing else opens.
+#[test]
+fn isolated_unit_verifies_and_scores() {
+    if !prerequisites("isolated_unit_verifies_and_scores") {
+        return;
+    }
+    let mut p = minimal();
+    p.network_isolation = true;
+    let (score, exposures) = check("isolated", &p);
+    eprintln!("isolated unit: exposure {score}: {exposures:?}");
+    for e in &exposures {
+        assert!(
+            [
+                "User=/DynamicUser=",
+                "RootDirectory=/RootImage=",
+                "PrivateNetwork=",
+                "PrivateUsers=",
+                "DeviceAllow=",
+                "SystemCallFilter=~@privileged",
+                "CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)",
+                "CapabilityBoundingSet=~CAP_(CHOWN|FSETID|SETFCAP)",
+                "CapabilityBoundingSet=~CAP_SET(UID|GID|PCAP)",
+                "CapabilityBoundingSet=~CAP_NET_ADMIN",
+                "RestrictAddressFamilies=~AF_NETLINK",
+                "RestrictAddressFamilies=~AF_UNIX",
+                "CapabilityBoundingSet=~CAP_SYS_ADMIN",
+                "RestrictNamespaces=~net",
+            ]
+            .contains(&e.as_str()),
+            "unexpected exposure {e}"
+        );
+    }
+    assert!(score <= 2.6, "isolated unit regressed to {score}");
 }

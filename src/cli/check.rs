@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{machine_names, one_line, CliError, EXIT_FAILURE};
 use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine, Problem};
 use crate::names::MachineName;
-use crate::plan::TakenIds;
+use crate::plan::{IdRequest, TakenIds};
 use crate::systemd::unit::{self, UnitOptions};
 
 /// One problem of `check --json`, with the machine it concerns.
@@ -114,18 +114,18 @@ fn check_machine(
     if let Some((origin, why)) = &m.group.refused {
         problems.push(ConfigError::invalid(origin, why.clone()));
     }
-    if m.tpm.is_some() && m.attrs.tpm.socket.path.is_empty() {
+    if m.tpm.as_ref().is_some_and(|t| t.data.is_none()) {
         problems.push(machine_problem(
             &m,
-            "attrs.tpm",
-            "machina does not run swtpm yet, so gen refuses this machine; run swtpm as the VM's uid and set attrs.tpm.socket.path to its control socket, or disable the TPM",
+            "attrs.tpm.data",
+            "a TPM needs a state directory; set attrs.tpm.data to a volume of a tpm-data storage pool, or disable the TPM",
         ));
     }
     let hw = problems.take(crate::qemu::build(&m));
     if m.group.refused.is_none() {
         match taken.id_for(&m) {
             Ok(id) => {
-                taken.take(&m, id);
+                taken.take(&IdRequest::of(&m), id);
                 if let Some(hw) = &hw {
                     let plan = crate::plan::plan_for(&m, hw, id, Path::new("/sys"));
                     if let Err(e) = unit::render(&plan, &UnitOptions::new(&plan)) {

@@ -67,6 +67,8 @@ pub struct Inspection {
     pub volumes: Vec<VolumeInfo>,
     /// The TPM, from the configuration.
     pub tpm: Option<TpmInfo>,
+    /// The serial console (`attrs.console`), when the VM has one.
+    pub console: Option<ConsoleInfo>,
     /// Problems found while inspecting (a broken configuration, an
     /// unreadable plan), one line each.
     pub errors: Vec<String>,
@@ -152,6 +154,21 @@ pub struct VolumeInfo {
 pub struct TpmInfo {
     /// The swtpm control socket QEMU connects to.
     pub socket: PathBuf,
+    /// The swtpm state directory (`attrs.tpm.data`), when set.
+    pub data_dir: Option<PathBuf>,
+    /// The swtpm unit's state and the swtpm process, as `status` shows
+    /// them (from the installed plan; absent without one).
+    pub state: Option<String>,
+}
+
+/// The serial console.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub struct ConsoleInfo {
+    /// The UNIX socket QEMU serves the console on (`machina console`).
+    pub socket: PathBuf,
+    /// Everything the guest wrote to it.
+    pub log: PathBuf,
 }
 
 /// The JSON Schema of `inspect --json`'s output.
@@ -360,6 +377,14 @@ pub fn collect(dir: &ConfigDir, plan_dir: &Path, names: &[MachineName]) -> Vec<I
             tpm: machine.as_ref().and_then(|m| {
                 m.tpm.as_ref().map(|t| TpmInfo {
                     socket: t.socket.clone(),
+                    data_dir: t.data.clone(),
+                    state: super::tpm::status_line(plan_dir, name),
+                })
+            }),
+            console: machine.as_ref().and_then(|m| {
+                m.console.as_ref().map(|c| ConsoleInfo {
+                    socket: c.socket.clone(),
+                    log: c.log.clone(),
                 })
             }),
             errors,
@@ -446,8 +471,21 @@ pub fn inspect(
                 if vol.readonly { " (read-only)" } else { "" }
             );
         }
+        if let Some(c) = &v.console {
+            println!(
+                "  console: {} (log {})",
+                c.socket.display(),
+                c.log.display()
+            );
+        }
         if let Some(t) = &v.tpm {
             println!("  tpm: {}", t.socket.display());
+            if let Some(d) = &t.data_dir {
+                println!("  tpm state: {}", d.display());
+            }
+            if let Some(st) = &t.state {
+                println!("  tpm: {st}");
+            }
         }
         for e in &v.errors {
             println!("  error: {e}");

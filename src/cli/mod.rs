@@ -6,14 +6,17 @@
 
 mod check;
 mod complete;
+mod console;
 mod generate;
 mod host;
 mod inspect;
+mod link;
 mod logs;
 mod manual;
 mod qmp;
 mod run;
 mod summary;
+mod tpm;
 mod units;
 
 use crate::systemd::control::Verb;
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ConfigDir, ConfigError, HostFile, Machine, Problems};
+use crate::config::{self, ConfigDir, ConfigError, Machine, Problems};
 use crate::names::MachineName;
 use crate::plan::{TakenIds, DEFAULT_PLAN_DIR};
 
@@ -97,8 +100,14 @@ enum Command {
     #[command(visible_alias = "gen")]
     Generate {
         /// Print the plans and units instead of writing them.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["check", "json"])]
         preview: bool,
+        /// Write nothing; list the files that would change and exit 1 if there are any.
+        #[arg(long)]
+        check: bool,
+        /// Print {"changed": [paths], "unchanged": [paths]} instead of one line per file written.
+        #[arg(long)]
+        json: bool,
         /// Write under this directory instead of / (for another host).
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
@@ -149,7 +158,7 @@ enum Command {
         machines: Vec<String>,
     },
     /// Displays everything about virtual machines: state, unit, plan, QMP,
-    /// spice and agent ports, TAPs, volumes, TPM.
+    /// spice and agent ports, TAPs, volumes, serial console, TPM.
     Inspect {
         /// Print JSON (see `machina schema inspect`).
         #[arg(long)]
@@ -172,6 +181,12 @@ enum Command {
     },
     /// Removes the unit and launch plan of stopped virtual machines.
     Dissolve {
+        /// Also delete the TPM state directory (attrs.tpm.data) named in each plan: the guest's TPM, and with it e.g. its BitLocker keys, is gone for good. Needs --yes-delete-tpm-state.
+        #[arg(long)]
+        purge_tpm: bool,
+        /// Confirms --purge-tpm.
+        #[arg(long)]
+        yes_delete_tpm_state: bool,
         /// Machines.
         #[arg(required = true)]
         machines: Vec<String>,
@@ -181,6 +196,26 @@ enum Command {
         /// After Ctrl-C or SIGTERM, send QUIT if the machine has not stopped after this long (default 1m25s, as the unit's ExecStop).
         #[arg(long, value_name = "DURATION", value_parser = qmp::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// The machine.
+        machine: String,
+    },
+    /// Connects running virtual machines (or single connections, <vm>.<conn>) to their networks again.
+    Connect {
+        /// Machines or connections (<vm>.<conn>).
+        #[arg(required = true, value_name = "VM[.CONN]")]
+        machines: Vec<String>,
+    },
+    /// Disconnects running virtual machines (or single connections, <vm>.<conn>) from their networks; the guest sees the link go down.
+    Disconnect {
+        /// Machines or connections (<vm>.<conn>).
+        #[arg(required = true, value_name = "VM[.CONN]")]
+        machines: Vec<String>,
+    },
+    /// Attaches to the serial console of a running virtual machine (attrs.console); Ctrl-] detaches.
+    Console {
+        /// Print what the guest wrote to the console so far instead of attaching.
+        #[arg(long)]
+        log: bool,
         /// The machine.
         machine: String,
     },
@@ -280,6 +315,26 @@ pub struct CliError(pub String);
 /// At most this many problems are printed for one run; the rest are counted.
 pub const MAX_PROBLEMS: usize = 50;
 
+impl CliError {
+    /// The problems of several errors as one error: one line each, at most
+    /// [`MAX_PROBLEMS`], then a count of the rest.
+    pub fn join(errors: Vec<CliError>) -> CliError {
+        let all: Vec<String> = errors
+            .iter()
+            .flat_map(|e| e.0.split('\n').map(str::to_owned).collect::<Vec<_>>())
+            .filter(|l| !l.starts_with("… and "))
+            .collect();
+        let mut lines: Vec<String> = all.iter().take(MAX_PROBLEMS).cloned().collect();
+        if all.len() > MAX_PROBLEMS {
+            lines.push(format!(
+                "… and {} more problems (`machina check --json` lists them all)",
+                all.len() - MAX_PROBLEMS
+            ));
+        }
+        CliError(lines.join("\n"))
+    }
+}
+
 impl From<ConfigError> for CliError {
     /// One line per problem (each escaped on its own, so a quoted newline
     /// cannot split a line), at most [`MAX_PROBLEMS`].
@@ -357,24 +412,6 @@ pub(crate) fn machine_names(names: &[String]) -> Result<Vec<MachineName>, CliErr
         .collect()
 }
 
-/// Loads the host file and builds each named machine, reporting the
-/// problems of every machine.
-pub(crate) fn load_all(
-    dir: &ConfigDir,
-    names: &[String],
-) -> Result<(HostFile, Vec<Machine>), CliError> {
-    let host = dir.load_host()?;
-    let mut problems = Problems::default();
-    let machines: Vec<Machine> = machine_names(names)?
-        .iter()
-        .filter_map(|n| problems.take(config::load_machine(dir, &host, n)))
-        .collect();
-    match problems.into_error() {
-        Some(e) => Err(e.into()),
-        None => Ok((host, machines)),
-    }
-}
-
 /// Prints what `args` and `cat` accept but `gen` refuses (a system group
 /// id), one `warning:` line each.
 pub(crate) fn warn_refusals(machines: &[&Machine]) {
@@ -433,6 +470,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Generate {
             preview,
+            check,
+            json,
             root,
             bin_dir,
             machines,
@@ -443,7 +482,15 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 unit_dir: &cli.unit_dir,
                 bin_dir: &bin_dir,
             };
-            generate::generate(&dir, &machines, preview, &target, &mut out)?
+            let mode = match (preview, check) {
+                (true, _) => generate::Mode::Preview,
+                (false, true) => generate::Mode::Check,
+                (false, false) => generate::Mode::Write,
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            let code = generate::generate(&dir, &machines, mode, json, &target, &mut out)?;
+            out.flush()?;
+            return Ok(code);
         }
         Command::Start { machines } => return units::control(Verb::Start, &machines),
         Command::Stop { machines } => return units::control(Verb::Stop, &machines),
@@ -461,12 +508,31 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Inspect { json, machines } => {
             return inspect::inspect(&dir, &cli.plan_dir, &machines, json)
         }
-        Command::Dissolve { machines } => {
-            return units::dissolve(&cli.plan_dir, &cli.unit_dir, &machines)
+        Command::Dissolve {
+            machines,
+            purge_tpm,
+            yes_delete_tpm_state,
+        } => {
+            return units::dissolve(
+                &cli.plan_dir,
+                &cli.unit_dir,
+                &machines,
+                units::Purge {
+                    tpm: purge_tpm,
+                    confirmed: yes_delete_tpm_state,
+                },
+            )
         }
         Command::Run { machine, timeout } => {
             return run::run(&dir, &cli.plan_dir, &machine, timeout)
         }
+        Command::Connect { machines } => {
+            return link::run(&cli.plan_dir, &machines, link::Direction::Connect)
+        }
+        Command::Disconnect { machines } => {
+            return link::run(&cli.plan_dir, &machines, link::Direction::Disconnect)
+        }
+        Command::Console { log, machine } => return console::console(&cli.plan_dir, &machine, log),
         Command::Teardown { force, machines } => {
             return host::teardown(&cli.plan_dir, &machines, force)
         }

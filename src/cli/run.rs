@@ -106,9 +106,10 @@ pub fn run(
         .id_for(&m)
         .map_err(|e| CliError(e.to_string()))?;
     let plan = plan_for(&m, &hw, id, Path::new("/sys"));
-    let console = match &m.spice {
-        Some(s) => format!("spice://127.0.0.1:{}", s.port),
-        None => "none (no display is configured)".to_owned(),
+    let console = match (&m.spice, &m.console) {
+        (Some(s), _) => format!("spice://127.0.0.1:{}", s.port),
+        (None, Some(_)) => format!("serial (machina console {name})"),
+        (None, None) => "none (no display is configured)".to_owned(),
     };
     let timeout = timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
 
@@ -132,6 +133,23 @@ pub fn run(
         .open("/dev/null")
         .map_err(|e| CliError(format!("{name}: /dev/null: {e}")))?;
 
+    // The VM's TPM first: its socket listens once swtpm is exec'd.
+    let swtpm = match &plan.tpm {
+        Some(_) => match start_swtpm(&plan, &null, &out_w, &err_w, &old_mask) {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                drop((out_w, err_w));
+                eprintln!("{e}");
+                let relays = [
+                    relay(out_r, std::io::stdout()),
+                    relay(err_r, std::io::stderr()),
+                ];
+                finish(relays);
+                return Ok(EXIT_FAILURE);
+            }
+        },
+        None => None,
+    };
     // SAFETY: machina is single-threaded here (no runtime or thread has
     // started yet), so the child may run arbitrary code before it execs.
     let child = match unsafe { fork() }.map_err(|e| err("fork", e))? {
@@ -190,18 +208,21 @@ pub fn run(
             // a VM that already runs keeps running. Signals stay blocked:
             // there is nothing to stop, and this process ends now.
             let _ = wait_child(child);
+            stop_swtpm(swtpm);
             finish(relays);
             return Ok(EXIT_FAILURE);
         }
         LaunchResult::FailedAfterDrop => {
             // Signals stay blocked so that the teardown completes.
             let _ = wait_child(child);
+            stop_swtpm(swtpm);
             finish(relays);
             let _ = tear_down(&plan);
             return Ok(EXIT_FAILURE);
         }
         LaunchResult::Execd => supervise(&plan, child, &console, timeout, &old_mask),
     };
+    stop_swtpm(swtpm);
     finish(relays);
     let torn = tear_down(&plan);
     Ok(if status == Ok(0) && torn.is_ok() {
@@ -209,6 +230,81 @@ pub fn run(
     } else {
         EXIT_FAILURE
     })
+}
+
+/// Forks `machina-launch --swtpm` for the VM (its output on `out`/`err`)
+/// and waits until swtpm was exec'd (its socket then listens) or the step
+/// failed.
+fn start_swtpm(
+    plan: &Plan,
+    null: &std::fs::File,
+    out: &OwnedFd,
+    err: &OwnedFd,
+    old_mask: &SigSet,
+) -> Result<Pid, String> {
+    let name = &plan.machine;
+    let (r, w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("machina: {name}: pipe: {e}"))?;
+    // SAFETY: single-threaded here, as for the QEMU launcher below.
+    match unsafe { fork() }.map_err(|e| format!("machina: {name}: fork: {e}"))? {
+        ForkResult::Child => {
+            drop(r);
+            let ok = setsid().is_ok()
+                && dup2_stdin(null).is_ok()
+                && dup2_stdout(out).is_ok()
+                && dup2_stderr(err).is_ok()
+                && old_mask.thread_set_mask().is_ok();
+            let mut report = std::fs::File::from(w);
+            if ok {
+                let failure = launcher::swtpm::run(plan);
+                eprintln!("machina-launch: {name}: {failure}");
+            }
+            let _ = report.write_all(&[UNDONE]);
+            // SAFETY: leaving the forked child without running the
+            // parent's destructors or atexit handlers.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let mut f = std::fs::File::from(r);
+            let mut b = [0u8; 1];
+            let n = loop {
+                match f.read(&mut b) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other.unwrap_or(1),
+                }
+            };
+            if n == 0 {
+                Ok(child)
+            } else {
+                let _ = wait_child(child);
+                Err(format!(
+                    "machina: {name}: the TPM (swtpm) did not start; see above"
+                ))
+            }
+        }
+    }
+}
+
+/// Waits for swtpm to end (it ends when QEMU's connection closes); ends it
+/// after a few seconds if it does not.
+fn stop_swtpm(pid: Option<Pid>) {
+    let Some(pid) = pid else { return };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = kill(pid, Signal::SIGTERM);
+                let _ = wait_child(pid);
+                return;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
 }
 
 /// Waits for the relays to see end of file (QEMU's pipes close when it

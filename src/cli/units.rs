@@ -36,6 +36,9 @@ struct Row {
     /// Whether the installed plan differs from what the configuration
     /// generates now (`None`: unknown, e.g. the configuration is broken).
     stale: Option<bool>,
+    /// Whether the running QEMU was launched from another plan than the one
+    /// installed now (`None`: not running, or no plan installed).
+    needs_restart: Option<bool>,
     error: Option<String>,
 }
 
@@ -81,8 +84,12 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
     let taken = TakenIds::scan(Path::new("/etc"), plan_dir);
     let mut out = Vec::new();
     for ((name, unit), qmp) in names.into_iter().zip(statuses).zip(pings) {
+        let plan_path = plan_dir.join(format!("{name}.json"));
         let mut row = Row {
             description: String::new(),
+            needs_restart: unit
+                .as_ref()
+                .and_then(|u| needs_restart(u, &plan_path, Path::new("/proc"))),
             unit,
             qmp,
             stale: None,
@@ -95,10 +102,9 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
                 Err(e) => row.error = Some(first_problem(&e)),
                 Ok(m) => {
                     row.description = m.description.clone();
-                    let installed =
-                        std::fs::read_to_string(plan_dir.join(format!("{}.json", row.name)))
-                            .ok()
-                            .and_then(|t| Plan::from_json(&t).ok());
+                    let installed = std::fs::read_to_string(&plan_path)
+                        .ok()
+                        .and_then(|t| Plan::from_json(&t).ok());
                     if let Some(installed) = installed {
                         row.stale = config_changed(&m, &installed, &taken);
                     }
@@ -142,6 +148,59 @@ fn first_problem(e: &config::ConfigError) -> String {
     }
 }
 
+/// Whether the VM's running QEMU was launched from another plan than the
+/// one at `plan_path`; `None` when no QEMU runs or no plan is installed.
+///
+/// Two independent signs, either of which says "restart":
+/// - the plan file was modified after systemd forked the unit's main
+///   process (the launcher reads the plan after that fork, then execs QEMU
+///   in the same process). `gen` leaves an unchanged plan untouched, mtime
+///   included, so a newer mtime means new content. Both times are read to
+///   the microsecond; a plan written during the launcher's first
+///   milliseconds errs towards "restart", never the other way.
+/// - the command line of the running QEMU differs from the plan's binary
+///   and arguments: catches a changed plan whose mtime was set back (`cp -p`,
+///   `rsync -t`, a restored backup). Plan fields that do not reach the
+///   command line (bridges, grants) are covered by the first sign.
+///
+/// Neither needs anything from the launcher or from the VM's runtime
+/// directory (which the VM's uid could write).
+fn needs_restart(unit: &UnitStatus, plan_path: &Path, proc_root: &Path) -> Option<bool> {
+    if !matches!(
+        unit.active_state.as_str(),
+        "active" | "reloading" | "deactivating"
+    ) {
+        return None;
+    }
+    let pid = unit.main_pid?;
+    let plan = Plan::from_json(&std::fs::read_to_string(plan_path).ok()?).ok()?;
+    let modified = std::fs::symlink_metadata(plan_path).ok()?.modified().ok()?;
+    if unit
+        .main_started()
+        .is_some_and(|started| modified > started)
+    {
+        return Some(true);
+    }
+    let proc = proc_root.join(pid.to_string());
+    // While the launcher still prepares the host, the process is not QEMU
+    // yet: only the times can tell.
+    let comm = std::fs::read_to_string(proc.join("comm")).unwrap_or_default();
+    if comm.trim_end() == "machina-launch" {
+        return Some(false);
+    }
+    let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else {
+        return Some(false);
+    };
+    let mut want = Vec::new();
+    for arg in std::iter::once(plan.qemu.binary.as_os_str().as_encoded_bytes())
+        .chain(plan.qemu.args.iter().map(|a| a.as_bytes()))
+    {
+        want.extend_from_slice(arg);
+        want.push(0);
+    }
+    Some(cmdline != want)
+}
+
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
@@ -177,6 +236,7 @@ fn row_json(r: &Row, now: SystemTime) -> serde_json::Value {
         "unit": unit,
         "qmp": r.qmp,
         "config-changed-since-gen": r.stale,
+        "needs-restart": r.needs_restart,
         "error": r.error,
     })
 }
@@ -244,6 +304,9 @@ pub fn status(
             }
         }
         println!("  qmp: {}", if r.qmp { "answers" } else { "no answer" });
+        if let Some(t) = super::tpm::status_line(plan_dir, &r.name) {
+            println!("  tpm: {t}");
+        }
         match r.stale {
             Some(true) => println!("  configuration changed since the last `machina gen`"),
             Some(false) => {}
@@ -251,6 +314,12 @@ pub fn status(
                 println!("  no launch plan installed (run `machina gen {}`)", r.name)
             }
             None => {}
+        }
+        if r.needs_restart == Some(true) {
+            println!(
+                "  running an older launch plan: `machina restart {}` to apply the installed one",
+                r.name
+            );
         }
         if let Some(e) = &r.error {
             println!("  error: {e}");
@@ -315,10 +384,30 @@ pub fn list(dir: &ConfigDir, plan_dir: &Path, json: bool) -> Result<i32, CliErro
     Ok(0)
 }
 
-/// `dissolve VM…`: removes the unit and the plan of VMs whose unit is not
-/// active, then reloads systemd.
-pub fn dissolve(plan_dir: &Path, unit_dir: &Path, names: &[String]) -> Result<i32, CliError> {
+/// What `dissolve` deletes beyond units and plans.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Purge {
+    /// `--purge-tpm`: the TPM state directory.
+    pub tpm: bool,
+    /// `--yes-delete-tpm-state`.
+    pub confirmed: bool,
+}
+
+/// `dissolve VM…`: removes the units (QEMU and swtpm) and the plan of VMs
+/// whose unit is not active, then reloads systemd. TPM state is guest data
+/// and stays, unless `--purge-tpm --yes-delete-tpm-state`.
+pub fn dissolve(
+    plan_dir: &Path,
+    unit_dir: &Path,
+    names: &[String],
+    purge: Purge,
+) -> Result<i32, CliError> {
     let names = machine_names(names)?;
+    if purge.tpm && !purge.confirmed {
+        return Err(CliError(
+            "--purge-tpm deletes the guests' TPM state (and what depends on it, e.g. BitLocker keys) for good; add --yes-delete-tpm-state to confirm".into(),
+        ));
+    }
     if control::systemd_running() {
         let statuses =
             control::unit_status(&units_of(&names)).map_err(|e| CliError(e.to_string()))?;
@@ -333,8 +422,21 @@ pub fn dissolve(plan_dir: &Path, unit_dir: &Path, names: &[String]) -> Result<i3
     }
     let mut code = 0;
     for n in &names {
+        if purge.tpm {
+            // Before the plan goes: it names the state directory.
+            match super::tpm::purge(plan_dir, n) {
+                Ok(Some(p)) => println!("removed {p}"),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("machina: {e}");
+                    code = EXIT_FAILURE;
+                    continue;
+                }
+            }
+        }
         for path in [
             unit_dir.join(unit_name(n)),
+            unit_dir.join(crate::systemd::swtpm_unit::swtpm_unit_name(n)),
             plan_dir.join(format!("{n}.json")),
         ] {
             match std::fs::remove_file(&path) {

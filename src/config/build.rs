@@ -243,6 +243,10 @@ pub fn build(
     else {
         unreachable!("every part missing recorded a problem");
     };
+    let console = attrs
+        .console
+        .enabled
+        .then(|| ConsoleSpec::for_machine(name));
     Ok(Machine {
         name: name.clone(),
         description,
@@ -261,6 +265,7 @@ pub fn build(
         agent_port,
         spice,
         limits,
+        console,
         volumes,
         connections,
         devices,
@@ -421,6 +426,7 @@ fn merge_attrs(defs: &[Def<'_>]) -> Attributes {
         if !s.limits.cpu.allowed.is_empty() {
             a.limits.cpu.allowed = s.limits.cpu.allowed.clone();
         }
+        a.console.enabled |= s.console.enabled;
     }
     a
 }
@@ -685,7 +691,13 @@ fn resolve_tpm(
         });
         check_socket_path(&origin, &attrs.tpm.socket.path)?
     };
-    Ok(Some(TpmSpec { socket }))
+    let data = if attrs.tpm.data.is_empty() {
+        None
+    } else {
+        let origin = field_origin(defs, "attrs.tpm.data", |d| !d.attrs.tpm.data.is_empty());
+        Some(resolve_volume(ctx, &attrs.tpm.data, &origin, false)?.path)
+    };
+    Ok(Some(TpmSpec { socket, data }))
 }
 
 fn resolve_qmp(

@@ -53,6 +53,8 @@ pub struct Machine {
     pub spice: Option<SpiceSpec>,
     /// Resource limits of the unit.
     pub limits: ResourceLimits,
+    /// Serial console (`attrs.console`).
+    pub console: Option<ConsoleSpec>,
     /// Volumes in merged order.
     pub volumes: Vec<ResolvedVolume>,
     /// Connections in merged order.
@@ -130,6 +132,9 @@ pub struct CpuSpec {
 pub struct TpmSpec {
     /// swtpm control socket.
     pub socket: PathBuf,
+    /// swtpm state directory (`attrs.tpm.data` resolved against its pool);
+    /// `None` when `attrs.tpm.data` is not set (`gen` refuses that).
+    pub data: Option<PathBuf>,
 }
 
 /// Optional cgroup limits of a VM's unit, resolved from `attrs.limits`.
@@ -164,6 +169,32 @@ pub struct SpiceSpec {
     pub port: u16,
     /// QXL heads, 1–4.
     pub heads: u32,
+}
+
+/// The serial console: a UNIX socket QEMU serves and the log of what the
+/// guest wrote, both in the VM's runtime directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSpec {
+    /// `/run/machina/<vm>/console.sock`.
+    pub socket: PathBuf,
+    /// `/run/machina/<vm>/console.log`.
+    pub log: PathBuf,
+}
+
+impl ConsoleSpec {
+    /// Socket file name inside the runtime directory.
+    pub const SOCKET: &'static str = "console.sock";
+    /// Log file name inside the runtime directory.
+    pub const LOG: &'static str = "console.log";
+
+    /// The console of VM `name`: fixed names in its runtime directory.
+    pub fn for_machine(name: &MachineName) -> ConsoleSpec {
+        let dir = std::path::Path::new(crate::plan::RUNTIME_ROOT).join(name.as_str());
+        ConsoleSpec {
+            socket: dir.join(Self::SOCKET),
+            log: dir.join(Self::LOG),
+        }
+    }
 }
 
 /// A volume resolved against its pool.

@@ -382,6 +382,10 @@ pub struct Attributes {
     /// Spice display.
     #[serde(default)]
     pub spice: Spice,
+    /// Serial console on a UNIX socket in the runtime directory (machina's
+    /// own key: omitted when off, so the Go program's view is unchanged).
+    #[serde(default, skip_serializing_if = "Toggle::is_off")]
+    pub console: Toggle,
     /// Resource limits of the VM's unit (cgroup), usually set in a tag.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub limits: Limits,
@@ -502,6 +506,13 @@ pub struct Toggle {
     /// On or off.
     #[serde(default)]
     pub enabled: bool,
+}
+
+impl Toggle {
+    /// Whether the switch is off (for `skip_serializing_if`).
+    pub fn is_off(&self) -> bool {
+        !self.enabled
+    }
 }
 
 /// `attrs.tpm`.

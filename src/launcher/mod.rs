@@ -27,6 +27,7 @@
 
 pub mod log;
 pub mod qemu_args;
+pub mod swtpm;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -38,7 +39,7 @@ use std::time::Duration;
 use crate::names::MachineName;
 use crate::plan::{DeviceNode, Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
 use crate::prepare::lock::FileLock;
-use crate::prepare::{self, fs, grant, kvm, mdev, privdrop, reach, runtime_dir, tap};
+use crate::prepare::{self, fs, grant, kvm, mdev, netns, privdrop, reach, runtime_dir, tap};
 
 /// Largest plan file accepted.
 const MAX_PLAN: u64 = 1 << 20;
@@ -79,14 +80,19 @@ fn refuse<T>(step: &str, msg: String) -> Result<T, Failure> {
     })
 }
 
-const USAGE: &str = "usage: machina-launch <vm> | machina-launch --plan FILE";
+const USAGE: &str = "usage: machina-launch [--swtpm] <vm> | machina-launch [--swtpm] --plan FILE";
 
 /// Entry point of `machina-launch`; returns the exit code (only on
 /// failure: on success the process has become QEMU).
 pub fn main() -> i32 {
     ensure_stdio();
     log::init();
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `--swtpm`: the VM's software TPM instead of QEMU.
+    let tpm = args.first().is_some_and(|a| a == "--swtpm");
+    if tpm {
+        args.remove(0);
+    }
     let (label, path, expect) = match args.as_slice() {
         [flag, file] if flag == "--plan" => {
             // Until the plan is read, its file stem names the VM (plans are
@@ -120,6 +126,9 @@ pub fn main() -> i32 {
     let failure = match read_plan(&path, expect.as_ref()) {
         Ok(plan) => {
             let label = plan.machine.to_string();
+            if tpm {
+                return report(&label, swtpm::run(&plan));
+            }
             return report(&label, run(&plan));
         }
         Err(f) => f,
@@ -369,6 +378,10 @@ fn launch_steps(
     if let Some(bytes) = plan.needs.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
+    if plan.network_isolation {
+        // After the TAPs are open: they stay on the host's bridge.
+        netns::isolate().step("network namespace")?;
+    }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;
     steps.exec(&plan.qemu.binary);
@@ -381,6 +394,7 @@ fn launch_steps(
         binary_fd: &binary_fd,
         hint: hint.clone(),
         args: &plan.qemu.args,
+        env: &[],
         uid: plan.uid,
         gid: plan.gid,
         kvm_gid,

@@ -14,8 +14,10 @@
 pub mod fs;
 pub mod grant;
 pub mod kvm;
+pub mod link;
 pub mod lock;
 pub mod mdev;
+pub mod netns;
 pub mod privdrop;
 pub mod procs;
 pub mod reach;
@@ -24,6 +26,7 @@ pub mod sys;
 pub mod sysfs;
 pub mod tap;
 pub mod teardown;
+pub mod tpm;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -50,6 +50,8 @@ pub struct ExecSpec<'a> {
     pub hint: String,
     /// Arguments after `argv[0]`.
     pub args: &'a [String],
+    /// Environment (`KEY=value`); empty for QEMU.
+    pub env: &'a [String],
     /// The VM's uid.
     pub uid: u32,
     /// The VM's gid.
@@ -223,6 +225,18 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
             }
         }
     }
+    let mut env: Vec<CString> = Vec::with_capacity(spec.env.len());
+    for e in spec.env {
+        match CString::new(e.as_bytes()) {
+            Ok(c) => env.push(c),
+            Err(_) => {
+                return DropError {
+                    error: Error::Refused(format!("environment entry {e:?} contains a NUL byte")),
+                    after_drop: false,
+                }
+            }
+        }
+    }
     let mut targets: Vec<i32> = spec.fds.iter().map(|&(_, t)| t).collect();
     targets.sort_unstable();
     let failed_msg = format!("{prefix}exec {}: ", spec.binary.display());
@@ -329,7 +343,7 @@ pub fn drop_and_exec(spec: &ExecSpec<'_>, prefix: &str) -> DropError {
     // ignores SIGPIPE. QEMU starts with the defaults.
     sys::default_signals();
     // The very file check_binary checked, not the path again.
-    let err = sys::exec_fd(exe, &args);
+    let err = sys::exec_fd(exe, &args, &env);
     die(&failed_msg, &format!("execve: {err}"), &hint)
 }
 

@@ -164,6 +164,8 @@ pub enum IfReqIoctl {
     TunSetIff,
     /// `SIOCBRADDIF` on a socket: enslave interface `ifindex` to the bridge.
     BridgeAddIf,
+    /// `SIOCBRDELIF` on a socket: release interface `ifindex` from the bridge.
+    BridgeDelIf,
     /// `SIOCGIFFLAGS`.
     GetFlags,
     /// `SIOCSIFFLAGS`.
@@ -172,6 +174,8 @@ pub enum IfReqIoctl {
 
 /// `SIOCBRADDIF` from `<linux/sockios.h>`.
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+/// `SIOCBRDELIF` from `<linux/sockios.h>`.
+const SIOCBRDELIF: libc::c_ulong = 0x89a3;
 /// `SIOCETHTOOL` and `ETHTOOL_GDRVINFO` from the kernel headers.
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GDRVINFO: u32 = 0x3;
@@ -181,6 +185,7 @@ pub fn ifreq_ioctl(fd: impl AsFd, op: IfReqIoctl, req: &mut IfReq) -> io::Result
     let request = match op {
         IfReqIoctl::TunSetIff => libc::TUNSETIFF,
         IfReqIoctl::BridgeAddIf => SIOCBRADDIF,
+        IfReqIoctl::BridgeDelIf => SIOCBRDELIF,
         IfReqIoctl::GetFlags => libc::SIOCGIFFLAGS,
         IfReqIoctl::SetFlags => libc::SIOCSIFFLAGS,
     };
@@ -256,13 +261,12 @@ pub fn default_signals() {
 }
 
 /// `execveat(fd, "", args, [], AT_EMPTY_PATH)`: runs the very file `fd`
-/// refers to, with an empty environment. Returns only on failure.
-pub fn exec_fd(fd: RawFd, args: &[std::ffi::CString]) -> io::Error {
+/// refers to, with the environment `env` (empty for QEMU). Returns only on failure.
+pub fn exec_fd(fd: RawFd, args: &[std::ffi::CString], env: &[std::ffi::CString]) -> io::Error {
     // SAFETY: fd was opened by the caller and stays open until execveat
     // replaces the process or fails.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let env: [&CStr; 0] = [];
-    match nix::unistd::execveat(fd, c"", args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {
+    match nix::unistd::execveat(fd, c"", args, env, nix::fcntl::AtFlags::AT_EMPTY_PATH) {
         Err(e) => e.into(),
         Ok(never) => match never {},
     }
@@ -274,4 +278,22 @@ pub fn die(msg: &str) -> ! {
     let _ = nix::unistd::write(io::stderr().as_fd(), msg.as_bytes());
     // SAFETY: _exit ends the process; nothing runs after it.
     unsafe { libc::_exit(127) }
+}
+
+/// `fork(2)`, refused unless this process has a single thread (checked in
+/// `/proc/self/task`): the child then may run any code before it execs.
+/// `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+pub fn fork_single_threaded() -> io::Result<Option<nix::unistd::Pid>> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork: the process has {threads} threads"
+        )));
+    }
+    // SAFETY: the process has one thread (checked above), so no lock or
+    // allocator state can be held by another thread in the child.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => Ok(None),
+        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
+    }
 }

@@ -61,7 +61,7 @@ fn open_dev(path: &CStr) -> io::Result<OwnedFd> {
     .map_err(io::Error::from)
 }
 
-fn ioctl_sock() -> Result<OwnedFd> {
+pub(crate) fn ioctl_sock() -> Result<OwnedFd> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     // AF_UNIX: interface ioctls fall through to the device layer from any
     // socket family, and the unit allows only AF_UNIX and AF_NETLINK.

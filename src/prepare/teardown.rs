@@ -192,6 +192,22 @@ pub fn teardown(plan: &Plan, opts: &Options) -> Report {
         Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => r.errors.push(("runtime root".into(), e)),
     }
+    if plan.tpm.is_some() {
+        // The swtpm lock, once swtpm (which ends with QEMU's connection)
+        // no longer holds it; a held one is left to its swtpm.
+        if let Ok(dir) = runtime_dir::open_lock_dir() {
+            let name = Lock::Swtpm(&plan.machine).file_name();
+            if let Ok(l) = FileLock::acquire(
+                &dir,
+                Path::new(LOCK_DIR),
+                &name,
+                Duration::ZERO,
+                String::new,
+            ) {
+                l.remove();
+            }
+        }
+    }
     lock.remove();
     r
 }

@@ -3,7 +3,6 @@
 //! volumes, connections, devices.
 
 use std::collections::HashSet;
-
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::needs::{DeviceNode, HostNeeds, Listener, Service};
@@ -72,6 +71,12 @@ pub struct Hardware {
     pub needs: HostNeeds,
 }
 
+/// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
+/// `set_link` names.
+pub fn netdev_id(i: usize) -> String {
+    format!("net.{i}")
+}
+
 impl Hardware {
     /// The argv after `argv[0]`.
     pub fn argv(&self) -> Vec<String> {
@@ -126,6 +131,9 @@ struct Builder<'m> {
     sata: usize,
     taps: Vec<TapFds>,
     needs: HostNeeds,
+    /// ISA serial ports: outside the PCI topology, so enabling the console
+    /// moves no PCI device.
+    serials: Vec<Opt>,
 }
 
 fn topo_err(origin: &Origin, e: TopologyError) -> ConfigError {
@@ -150,6 +158,7 @@ impl<'m> Builder<'m> {
             sata: 0,
             taps: Vec::new(),
             needs: HostNeeds::new(m.qemu.accelerator),
+            serials: Vec::new(),
         }
     }
 
@@ -174,6 +183,7 @@ impl<'m> Builder<'m> {
         self.qmp();
         self.agent()?;
         self.spice_display()?;
+        self.console();
         // 5–7.
         for v in &m.volumes {
             self.volume(v)?;
@@ -328,6 +338,30 @@ impl<'m> Builder<'m> {
             port,
         });
         self.serial_port("guestagent", "org.qemu.guest_agent.0")
+    }
+
+    /// The serial console (`attrs.console`): COM1 on a UNIX socket QEMU
+    /// serves, everything the guest writes also appended to the log.
+    fn console(&mut self) {
+        let Some(console) = &self.m.console else {
+            return;
+        };
+        self.chardevs.push(
+            Opt::new("chardev")
+                .word("socket")
+                .named("id", "console")
+                .named("path", console.socket.display())
+                .named("server", "on")
+                .named("wait", "off")
+                .named("logfile", console.log.display())
+                .named("logappend", "on"),
+        );
+        self.serials.push(
+            Opt::new("device")
+                .word("isa-serial")
+                .named("id", "serial.0")
+                .named("chardev", "console"),
+        );
     }
 
     fn spice_display(&mut self) -> Result<(), ConfigError> {
@@ -564,7 +598,7 @@ impl<'m> Builder<'m> {
                     fd += 1;
                 }
             }
-            let id = format!("net.{i}");
+            let id = netdev_id(i);
             let join = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(":");
             let mut nd = Opt::new("netdev").word("tap").named("id", &id);
             nd = if c.queues == 1 {
@@ -676,6 +710,7 @@ impl<'m> Builder<'m> {
         o.extend(self.tpmdevs);
         o.extend(self.netdevs);
         o.extend(self.topo.into_devices());
+        o.extend(self.serials);
         o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
         let mut needs = self.needs;
         if !m.devices.is_empty() {

@@ -6,5 +6,7 @@ pub mod needs;
 pub mod options;
 pub mod topology;
 
-pub use hardware::{build, valid_node_name, Hardware, TapFds, FIRST_FD, LISTEN_ADDRESS, SANDBOX};
+pub use hardware::{
+    build, netdev_id, valid_node_name, Hardware, TapFds, FIRST_FD, LISTEN_ADDRESS, SANDBOX,
+};
 pub use options::{argv_line, options_line, to_argv, Opt};

@@ -41,4 +41,4 @@ pub use ops::{
     format_connected, format_event, format_event_json, observe, ping, ping_with, pretty_tabs,
     query, shutdown, Query, ShutdownOptions, ShutdownOutcome,
 };
-pub use socket::PeerIdentity;
+pub use socket::{connect as connect_checked, PeerIdentity};

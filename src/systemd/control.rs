@@ -17,7 +17,7 @@ pub const SYSTEMCTL_PATHS: [&str; 2] = ["/usr/bin/systemctl", "/bin/systemctl"];
 /// The properties [`Systemctl::status`] asks for.
 pub const STATUS_PROPERTIES: &str = "Id,Description,LoadState,ActiveState,SubState,Result,MainPID,\
 ActiveEnterTimestamp,ActiveExitTimestamp,InactiveEnterTimestamp,InactiveExitTimestamp,\
-UnitFileState,FragmentPath";
+UnitFileState,FragmentPath,ExecMainStartTimestampMonotonic,NeedDaemonReload";
 
 /// Whether systemd is the running init system (`/run/systemd/system`
 /// exists, as sd_booted(3) checks).
@@ -249,6 +249,13 @@ pub struct UnitStatus {
     pub inactive_enter: Option<SystemTime>,
     /// `InactiveExitTimestamp`.
     pub inactive_exit: Option<SystemTime>,
+    /// `ExecMainStartTimestampMonotonic`: when the main process (the
+    /// launcher, then QEMU in its place) was forked, on `CLOCK_MONOTONIC`,
+    /// to the microsecond (the realtime property has whole seconds only).
+    pub main_start_monotonic: Option<Duration>,
+    /// `NeedDaemonReload`: the unit file on disk differs from what systemd
+    /// loaded.
+    pub need_daemon_reload: bool,
 }
 
 /// A VM's state in one word, as `inspect` and `list --json` report it.
@@ -303,6 +310,24 @@ impl UnitStatus {
             "activating" => self.inactive_exit,
             _ => self.active_exit,
         }
+    }
+
+    /// When the main process was started, on the realtime clock, to the
+    /// microsecond: its monotonic start placed relative to the current
+    /// monotonic and realtime clocks (so a clock step after the start moves
+    /// it with the clock, as it moves file times written afterwards).
+    pub fn main_started(&self) -> Option<SystemTime> {
+        let start = self.main_start_monotonic?;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through a valid pointer.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return None;
+        }
+        let now_mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        SystemTime::now().checked_sub(now_mono.checked_sub(start)?)
     }
 
     /// How long the unit has been in its current state, as of `now`.
@@ -372,6 +397,13 @@ pub fn parse_show(text: &str) -> Result<Vec<UnitStatus>, ControlError> {
             "ActiveExitTimestamp" => s.active_exit = parse_timestamp(value)?,
             "InactiveEnterTimestamp" => s.inactive_enter = parse_timestamp(value)?,
             "InactiveExitTimestamp" => s.inactive_exit = parse_timestamp(value)?,
+            "ExecMainStartTimestampMonotonic" => {
+                let us: u64 = value.parse().map_err(|_| {
+                    ControlError::Parse(format!("ExecMainStartTimestampMonotonic {value:?}"))
+                })?;
+                s.main_start_monotonic = (us != 0).then(|| Duration::from_micros(us));
+            }
+            "NeedDaemonReload" => s.need_daemon_reload = value == "yes",
             _ => {}
         }
     }
@@ -419,6 +451,8 @@ ActiveState=active
 SubState=running
 Result=success
 MainPID=4242
+ExecMainStartTimestampMonotonic=5000123
+NeedDaemonReload=yes
 ActiveEnterTimestamp=@1763827424
 ActiveExitTimestamp=
 InactiveEnterTimestamp=
@@ -447,6 +481,8 @@ NewProperty=whatever
         assert_eq!(a.description, "machina qemu/kvm vm1 (a=b)");
         assert_eq!(a.state(), "active/running");
         assert_eq!(a.main_pid, Some(4242));
+        assert_eq!(a.main_start_monotonic, Some(Duration::from_micros(5000123)));
+        assert!(a.need_daemon_reload);
         assert_eq!(
             a.since(),
             Some(UNIX_EPOCH + Duration::from_secs(1763827424))
@@ -458,6 +494,7 @@ NewProperty=whatever
         assert_eq!(a.active_exit, None);
         let b = &l[1];
         assert_eq!(b.load_state, "not-found");
+        assert!(!b.need_daemon_reload && b.main_start_monotonic.is_none());
         assert_eq!(b.state(), "inactive/dead");
         assert_eq!(b.main_pid, None);
         assert_eq!(b.since(), None);

@@ -1,6 +1,7 @@
 //! systemd: rendering of the VM's unit, `systemctl` control and unit status.
 
 pub mod control;
+pub mod swtpm_unit;
 pub mod unit;
 
 pub use control::{systemd_running, unit_status, UnitStatus};

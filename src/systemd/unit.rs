@@ -181,7 +181,7 @@ fn is_plain(c: char) -> bool {
 /// command lines (`Exec*=`) expand. Words with anything but plain characters
 /// are double-quoted with `\` and `"` backslash-escaped (systemd.syntax(7)).
 /// Control characters are refused by the callers before this.
-fn escape_word(s: &str, exec: bool) -> String {
+pub(crate) fn escape_word(s: &str, exec: bool) -> String {
     let mut body = String::with_capacity(s.len() + 2);
     let mut plain = !s.is_empty();
     for c in s.chars() {
@@ -316,6 +316,12 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line(&format!("Description={}", escape_text(&opts.description)));
     line("Wants=network-online.target");
     line("After=network-online.target");
+    if plan.tpm.is_some() {
+        // swtpm serves the TPM; QEMU cannot run without it.
+        let swtpm = super::swtpm_unit::swtpm_unit_name(&plan.machine);
+        line(&format!("BindsTo={swtpm}"));
+        line(&format!("After={swtpm}"));
+    }
     line("StartLimitIntervalSec=1m0s");
     line("StartLimitBurst=2");
     line("");
@@ -408,9 +414,15 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     // systemd sets RLIMIT_MEMLOCK (soft = hard) before the launcher runs,
     // QEMU inherits it, and QEMU holds no capability anyway. The launcher
     // may still set the same limit (no capability needed for that).
-    line(
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP",
-    );
+    if plan.network_isolation {
+        // CAP_SYS_ADMIN only to unshare(CLONE_NEWNET) for QEMU (see
+        // prepare::netns); the launcher drops every capability at exec.
+        line("CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_SYS_ADMIN");
+    } else {
+        line(
+            "CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER CAP_SETUID CAP_SETGID CAP_SETPCAP",
+        );
+    }
     line("AmbientCapabilities=");
     line("NoNewPrivileges=yes");
 
@@ -509,7 +521,12 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line("ProtectHostname=yes");
     line("ProtectProc=invisible");
     line("ProcSubset=pid");
-    line("RestrictNamespaces=yes");
+    // A VM without TCP listener runs QEMU in a network namespace of its own.
+    line(if plan.network_isolation {
+        "RestrictNamespaces=net"
+    } else {
+        "RestrictNamespaces=yes"
+    });
     line("RestrictRealtime=yes");
     line("RestrictSUIDSGID=yes");
     line("LockPersonality=yes");
@@ -561,10 +578,12 @@ mod tests {
             grants: vec![],
             needs: HostNeeds::new(Accelerator::Kvm),
             limits: Default::default(),
+            network_isolation: false,
             qemu: QemuExec {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
                 args: args.iter().map(|s| s.to_string()).collect(),
             },
+            tpm: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub const READY_MARKER: &str = "MACHINA-GUEST-READY";
 /// Printed by the guest's power-button handler just before `poweroff -f`.
 pub const POWER_BUTTON_MARKER: &str = "MACHINA-GUEST-POWER-BUTTON";
 
+/// Printed by `/init` with the guest's TPM major version (`none` without).
+pub const TPM_MARKER: &str = "MACHINA-GUEST-TPM";
+
 /// Printed by `/init` when it cannot arm the power button.
 pub const ERROR_MARKER: &str = "MACHINA-GUEST-ERROR";
 
@@ -55,14 +58,19 @@ const RECIPE_VERSION: &str = "1";
 const FEATURES: &[(&str, &str)] = &[
     ("button", "CONFIG_ACPI_BUTTON"),
     ("evdev", "CONFIG_INPUT_EVDEV"),
+    ("tpm_crb", "CONFIG_TCG_CRB"),
+    // A NIC for the network tests (carrier, guest-to-guest traffic).
+    ("virtio_pci", "CONFIG_VIRTIO_PCI"),
+    ("virtio_net", "CONFIG_VIRTIO_NET"),
 ];
 
 /// Busybox applets `/init` and the handler call by name.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "insmod", "acpid", "poweroff", "sleep", "usleep", "cat", "readlink",
+    "sh", "mount", "insmod", "acpid", "poweroff", "sleep", "usleep", "cat", "readlink", "ifconfig",
+    "ping",
 ];
 
-/// `/init`. `@INSMOD@` becomes one `insmod` line per module, dependencies
+/// `/init`. It ends in a shell on the serial console. `@INSMOD@` becomes one `insmod` line per module, dependencies
 /// first. Busybox `acpid` reads the input event devices and maps the power
 /// button's key to the `PWRF/00000080` action, a script under `/etc/acpi`.
 /// The ready marker is printed only once `acpid` holds the power button's
@@ -75,6 +83,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 fail() { echo "@ERROR@: $*"; while :; do sleep 3600; done; }
 @INSMOD@
+echo "MACHINA-GUEST-TPM $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none)"
 ev=
 n=0
 while [ -z "$ev" ]; do
@@ -102,7 +111,9 @@ while :; do
   usleep 20000
 done
 echo "@READY@ power button $ev"
-while :; do sleep 3600; done
+# A shell on the serial console, for the console tests (with a file or
+# unconnected serial backend it just waits for input).
+while :; do sh </dev/ttyS0 >/dev/ttyS0 2>&1; sleep 1; done
 "#;
 
 /// The action busybox `acpid` runs for the power button (`PWRF/00000080`).
@@ -425,7 +436,7 @@ fn build(p: &Packages, tmp: &Path) -> Result<()> {
             "m" => add_module(module, &modules, &mut order, &mut blobs, 0)?,
             _ => {
                 return Err(build_err(format!(
-                    "{} lacks {symbol} (needed for the power button)",
+                    "{} lacks {symbol} (needed by the test guest's /init)",
                     config_path.display()
                 )))
             }

@@ -224,10 +224,12 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         grants,
         needs,
         limits: Default::default(),
+        network_isolation: false,
         qemu: QemuExec {
             binary: qemu.to_owned(),
             args,
         },
+        tpm: None,
     }
 }
 

@@ -92,6 +92,16 @@ impl Setup {
     /// `machina gen` then `machina-launch --plan` inside `ns`; returns the
     /// plan and the QEMU guard once QMP answers on `command.0`.
     pub fn launch(&self, ns: &super::netns::NetNs) -> (machina::plan::Plan, super::launch::Qemu) {
+        self.launch_with(ns, |_| {})
+    }
+
+    /// As [`Setup::launch`], with the generated plan changed by `edit`
+    /// (e.g. to boot the test guest's kernel) and rewritten before launch.
+    pub fn launch_with(
+        &self,
+        ns: &super::netns::NetNs,
+        edit: impl FnOnce(&mut machina::plan::Plan),
+    ) -> (machina::plan::Plan, super::launch::Qemu) {
         let out = self.machina(&[
             "gen",
             "--root",
@@ -106,6 +116,12 @@ impl Setup {
         let plan =
             machina::plan::Plan::from_json(&std::fs::read_to_string(self.plan_path()).unwrap())
                 .unwrap();
+        let mut plan = plan;
+        let before = plan.clone();
+        edit(&mut plan);
+        if plan != before {
+            std::fs::write(self.plan_path(), plan.to_json()).unwrap();
+        }
         let stderr = self.dir.join(format!("qemu-{}.err", unique()));
         let child = ns
             .command(super::bin("machina-launch").to_str().unwrap())
@@ -120,5 +136,131 @@ impl Setup {
         let sock = plan.runtime_dir().join("qmp/command.0.qmp.socket");
         drop(super::launch::qmp_connect(&mut q, &sock));
         (plan, q)
+    }
+}
+
+impl Setup {
+    /// A plan edit that boots the test guest: its kernel and initramfs
+    /// (copied into this setup's directory, readable by the VM) and a
+    /// kernel command line without `quiet`, so boot messages show. With
+    /// `paused`, QEMU starts stopped (`-S`) until QMP `cont`.
+    pub fn boot_guest(
+        &self,
+        image: &super::guest::GuestImage,
+        paused: bool,
+    ) -> impl FnOnce(&mut machina::plan::Plan) {
+        use std::os::unix::fs::PermissionsExt;
+        let boot = self.dir.join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        let kernel = boot.join("vmlinuz");
+        let initrd = boot.join("initrd.gz");
+        for (from, to) in [(&image.kernel, &kernel), (&image.initrd, &initrd)] {
+            std::fs::copy(from, to).unwrap();
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let append = image.append.replace(" quiet", "");
+        move |plan| {
+            let at = plan
+                .qemu
+                .args
+                .iter()
+                .position(|a| a == "-sandbox")
+                .expect("plan has -sandbox");
+            let mut extra: Vec<String> = vec![
+                "-kernel".into(),
+                kernel.display().to_string(),
+                "-initrd".into(),
+                initrd.display().to_string(),
+                "-append".into(),
+                append,
+            ];
+            if paused {
+                extra.push("-S".into());
+            }
+            plan.qemu.args.splice(at..at, extra);
+            for path in [kernel, initrd] {
+                plan.grants.push(machina::plan::Grant {
+                    path,
+                    access: machina::plan::Access::ReadOnly,
+                    shared: true,
+                });
+            }
+        }
+    }
+}
+
+/// A process on a pseudo-terminal (as an administrator's `machina console`
+/// runs), with its output collected by a reader thread.
+pub struct PtyProcess {
+    /// The process.
+    pub child: std::process::Child,
+    master: std::fs::File,
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Everything read so far.
+    pub seen: Vec<u8>,
+}
+
+impl PtyProcess {
+    /// Starts `cmd` with the pty's slave as its stdin, stdout and stderr.
+    pub fn spawn(mut cmd: Command) -> PtyProcess {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        let child = cmd.spawn().unwrap();
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            // EIO once every slave fd is closed: the end.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        PtyProcess {
+            child,
+            master,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until the output contains `what`; panics after `limit` with
+    /// what was seen.
+    pub fn expect(&mut self, what: &str, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if String::from_utf8_lossy(&self.seen).contains(what) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend(chunk),
+                Err(_) => panic!(
+                    "no {what:?} within {limit:?}; the terminal showed:\n{}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// Types `bytes` on the terminal.
+    pub fn type_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(bytes).unwrap();
+    }
+}
+
+impl Drop for PtyProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

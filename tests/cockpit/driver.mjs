@@ -1,0 +1,230 @@
+// Drives headless Chromium over the DevTools protocol on a pipe (no listening
+// socket, no npm dependency) through machina's Cockpit page inside the Cockpit
+// shell, and asserts on the page and on the files it changes. Run by
+// tests/cockpit.rs, which starts cockpit-ws and passes:
+//   MACHINA_BIN, CONFIG_DIR, GEN_ROOT, COCKPIT_URL, CHROMIUM, PROFILE_DIR,
+//   SHOT_DIR (screenshots, PNG).
+// Prints one "ok ..." line per assertion; exits 1 at the first failure.
+import { spawn, execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+
+const env = process.env;
+const bin = env.MACHINA_BIN, cfg = env.CONFIG_DIR, genRoot = env.GEN_ROOT;
+const url = env.COCKPIT_URL, shots = env.SHOT_DIR;
+const t0 = Date.now();
+
+const chrome = spawn(env.CHROMIUM, [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1280,800", "--hide-scrollbars",
+    "--user-data-dir=" + env.PROFILE_DIR, "--remote-debugging-pipe", "about:blank",
+], { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });
+let chromeErr = "";
+chrome.stderr.on("data", (d) => { chromeErr = (chromeErr + d).slice(-4000); });
+const toChrome = chrome.stdio[3], fromChrome = chrome.stdio[4];
+
+let nextId = 1;
+const waiting = new Map();
+let buf = "";
+fromChrome.on("data", (d) => {
+    buf += d.toString("utf8");
+    let i;
+    while ((i = buf.indexOf("\0")) >= 0) {
+        const msg = JSON.parse(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        if (msg.id && waiting.has(msg.id)) {
+            const { resolve, reject } = waiting.get(msg.id);
+            waiting.delete(msg.id);
+            msg.error ? reject(new Error(JSON.stringify(msg.error))) : resolve(msg.result);
+        }
+    }
+});
+function cdp(method, params, sessionId) {
+    const id = nextId++;
+    toChrome.write(JSON.stringify({ id, method, params: params || {}, sessionId }) + "\0");
+    return new Promise((resolve, reject) => waiting.set(id, { resolve, reject }));
+}
+
+function finish(code, msg) {
+    if (msg) console.log(msg);
+    if (code && chromeErr) console.log("chromium stderr (tail):\n" + chromeErr);
+    chrome.kill("SIGKILL");
+    process.exit(code);
+}
+function fail(msg) { finish(1, "FAIL " + msg); }
+function ok(msg) { console.log("ok " + msg + " (" + ((Date.now() - t0) / 1000).toFixed(1) + " s)"); }
+function assertEq(a, b, what) {
+    const x = JSON.stringify(a), y = JSON.stringify(b);
+    if (x !== y) fail(what + ":\n  page:    " + x + "\n  machina: " + y);
+    ok(what);
+}
+setTimeout(() => fail("no result after 120 s"), 120000);
+process.on("unhandledRejection", (e) => fail("exception: " + (e && e.stack || e)));
+
+const { targetInfos } = await cdp("Target.getTargets");
+const page = targetInfos.find((t) => t.type === "page");
+const { sessionId: s } = await cdp("Target.attachToTarget", { targetId: page.targetId, flatten: true });
+await cdp("Runtime.enable", {}, s);
+await cdp("Page.enable", {}, s);
+await cdp("Emulation.setDeviceMetricsOverride", { width: 1280, height: 800, deviceScaleFactor: 1, mobile: false }, s);
+
+// Evaluates BODY (an async function body) with `d` = the machina iframe's
+// document and `w` its window, inside the Cockpit shell.
+async function inFrame(body, arg) {
+    const expr = `(async (arg) => {
+        const f = document.querySelector('iframe[name="cockpit1:localhost/machina"]');
+        const d = f && f.contentDocument, w = f && f.contentWindow;
+        if (!d || !d.body || d.body.dataset.ready !== "1") return { notReady: true };
+        return { value: await (async () => { ${body} })() };
+    })(${JSON.stringify(arg === undefined ? null : arg)})`;
+    const r = await cdp("Runtime.evaluate", { expression: expr, awaitPromise: true, returnByValue: true }, s);
+    if (r.exceptionDetails) throw new Error("in page: " + JSON.stringify(r.exceptionDetails).slice(0, 800));
+    return r.result.value;
+}
+// Waits (up to 30 s, the machine is shared) for BODY to return a truthy value.
+async function waitFor(body, what, arg) {
+    const end = Date.now() + 30000;
+    for (;;) {
+        const r = await inFrame(body, arg);
+        if (r && !r.notReady && r.value) return r.value;
+        if (Date.now() > end) fail("timed out waiting for " + what + "; last: " + JSON.stringify(r));
+        await new Promise((res) => setTimeout(res, 100));
+    }
+}
+async function shot(name) {
+    const { data } = await cdp("Page.captureScreenshot", { format: "png" }, s);
+    writeFileSync(join(shots, name), Buffer.from(data, "base64"));
+    ok("screenshot " + name);
+}
+function machina(...args) {
+    try {
+        return execFileSync(bin, ["--config-dir", cfg, ...args], { encoding: "utf8" });
+    } catch (e) {
+        return e.stdout;
+    }
+}
+const setField = `
+    const e = d.querySelector(arg.sel);
+    e.value = arg.value;
+    e.dispatchEvent(new w.Event("input", { bubbles: true }));
+    return true;`;
+
+// 1. The shell loads the page in its iframe; the rows equal `list --json`.
+await cdp("Page.navigate", { url: url + "/machina" }, s);
+const list = JSON.parse(machina("list", "--json")).machines;
+const rows = await waitFor(`
+    const rows = [...d.querySelectorAll("#vms tbody tr")];
+    if (!rows.length) return null;
+    return rows.map(r => ({
+        name: r.dataset.name,
+        description: r.querySelector('[data-label="description"]').textContent,
+    }));`, "the overview's rows");
+assertEq(rows, list.map((m) => ({ name: m.name, description: m.description })), "overview rows equal machina list --json (inside the shell's iframe)");
+
+if (env.READ_ONLY === "1") {
+    // Without administrative access: the page says so and offers no change.
+    const ro = await waitFor(`return !d.querySelector("#readonly").hidden && {
+        newVm: d.querySelector("#new-vm").disabled,
+        rowButtons: [...d.querySelectorAll("#vms tbody button")].every(b => b.disabled),
+        text: d.querySelector("#readonly").textContent.trim().split("\\n")[0],
+    };`, "the read-only notice");
+    assertEq([ro.newVm, ro.rowButtons], [true, true], "read-only: Create and the row actions are disabled (" + ro.text + ")");
+    await inFrame(`d.querySelector('a[href="#/vm/web-01"]').click(); return true;`);
+    const vmRo = await waitFor(`return d.querySelector("#f-description").value === "Web front end (Debian 12)" && {
+        description: d.querySelector("#f-description").disabled,
+        review: d.querySelector("#review").disabled,
+        apply: d.querySelector("#apply").disabled,
+        start: d.querySelector('[data-action="start"]').disabled,
+        dissolve: d.querySelector("#dissolve").disabled,
+    };`, "web-01's page, read-only");
+    assertEq(Object.values(vmRo), [true, true, true, true, true], "read-only: the editor and the lifecycle buttons are disabled");
+    finish(0, "cockpit page (read-only): all assertions passed in " + ((Date.now() - t0) / 1000).toFixed(1) + " s");
+}
+await shot("cockpit-overview.png");
+
+// Live updates: a machine file added behind the page's back shows up.
+writeFileSync(join(cfg, "machine.conf.d", "outside.conf.json"),
+    JSON.stringify({ id: "0d1b2c3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d", description: "Added outside", tags: ["server"] }, null, "\t") + "\n");
+await waitFor(`return [...d.querySelectorAll("#vms tbody tr")].some(r => r.dataset.name === "outside");`, "the outside VM in the overview");
+ok("live update: a machine file added outside the page appears in the overview");
+
+// 2. A VM's page: edit the description and save; the formatting is kept.
+const file = join(cfg, "machine.conf.d", "web-01.conf.json");
+const before = readFileSync(file, "utf8");
+await inFrame(`d.querySelector('a[href="#/vm/web-01"]').click(); return true;`);
+await waitFor(`return d.querySelector("#f-description").value === "Web front end (Debian 12)" &&
+    d.querySelector("#args").textContent.includes("-name web-01");`, "web-01's page");
+await inFrame(setField, { sel: "#f-description", value: "Web front end (edited in Cockpit)" });
+await inFrame(`d.querySelector("#review").click(); return true;`);
+const diff = await waitFor(`const p = d.querySelector("#review-panel"); return !p.hidden && d.querySelector("#diff").textContent;`, "the diff");
+if (!diff.includes("+ \t\"description\": \"Web front end (edited in Cockpit)\",")) fail("diff lacks the new line:\n" + diff);
+if (await inFrame(`return !d.querySelector("#layout-note").hidden;`).then((r) => r.value)) fail("layout note shown for a plain indented file");
+ok("review shows the diff");
+await inFrame(`d.querySelector("#save").click(); return true;`);
+await waitFor(`const b = d.querySelector("#apply-result"); return !b.hidden && b.textContent.startsWith("Saved");`, "saved");
+const after = readFileSync(file, "utf8");
+assertEq(after, before.replace("Web front end (Debian 12)", "Web front end (edited in Cockpit)"), "saved file: only the description changed, formatting kept");
+assertEq(JSON.parse(machina("cat", "--json", "web-01"))[0].description, "Web front end (edited in Cockpit)", "machina cat --json shows the new description");
+await inFrame(`w.scrollTo(0, 0); return true;`);
+await shot("cockpit-vm.png");
+
+// 3. An invalid value: machina's message next to the field, file unchanged.
+await inFrame(setField, { sel: "#f-ram", value: "lots" });
+await inFrame(`d.querySelector("#review").click(); return true;`);
+const err = await waitFor(`return d.querySelector('.field[data-path="attrs.memory.ram"] .field-error').textContent;`, "the RAM error");
+if (!/invalid type: string "lots"/.test(err)) fail("unexpected RAM error: " + err);
+ok("RAM \"lots\": machina's message next to the field: " + err);
+assertEq(readFileSync(file, "utf8"), after, "file unchanged after an invalid value");
+if (await inFrame(`return !d.querySelector("#review-panel").hidden;`).then((r) => r.value)) fail("save offered despite the problem");
+
+// 4. Apply: `gen --root` into the temporary tree writes the unit and plan.
+await inFrame(`d.querySelector("#revert").click(); d.querySelector("#apply").click(); return true;`);
+const applied = await waitFor(`const b = d.querySelector("#apply-result"); return !b.hidden && !b.textContent.startsWith("Saved") && b.textContent;`, "apply's result");
+if (!/Generated|Changed/.test(applied)) fail("apply failed: " + applied);
+const unit = join(genRoot, "etc/systemd/system/machina-qemu-web-01.service");
+const plan = join(genRoot, "etc/machina/launch/web-01.json");
+if (!existsSync(unit) || !existsSync(plan)) fail("apply did not write " + unit + " and " + plan);
+JSON.parse(readFileSync(plan, "utf8"));
+if (!readFileSync(unit, "utf8").includes("web-01")) fail("the generated unit does not name web-01");
+ok("apply wrote the unit and plan under the gen root: " + applied.split("\n")[0]);
+
+// 5. A new VM from tags.
+await inFrame(`w.location.hash = "#/"; return true;`);
+await waitFor(`return !d.querySelector("#overview").hidden;`, "the overview");
+await inFrame(`d.querySelector("#new-vm").click(); return true;`);
+await waitFor(`return d.querySelector("#create-dialog").open && d.querySelectorAll("#c-tags input").length > 0;`, "the create dialog");
+await inFrame(setField, { sel: "#c-name", value: "cockpit-new" });
+await inFrame(setField, { sel: "#c-description", value: "Made in Cockpit" });
+await inFrame(`for (const t of ["server", "uefi"]) d.getElementById("c-tag-" + t).click(); d.querySelector("#create").click(); return true;`);
+await waitFor(`return d.querySelector("#vm-title").textContent === "cockpit-new" && !d.querySelector("#vm").hidden;`, "the new VM's page");
+const made = JSON.parse(readFileSync(join(cfg, "machine.conf.d", "cockpit-new.conf.json"), "utf8"));
+if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(made.id)) fail("new VM's id is not a UUID: " + made.id);
+assertEq([made.description, made.tags], ["Made in Cockpit", ["server", "uefi"]], "new machine file from tags");
+try {
+    execFileSync(bin, ["--config-dir", cfg, "check", "cockpit-new"], { stdio: "pipe" });
+} catch (e) {
+    fail("machina check rejects the new machine file: " + e.stderr);
+}
+ok("machina check accepts the new machine file");
+const rows2 = await waitFor(`return [...d.querySelectorAll("#vms tbody tr")].map(r => r.dataset.name).includes("cockpit-new") && "yes";`, "the new VM in the overview");
+ok("the overview lists the new VM: " + rows2);
+
+// Dissolve asks first, saying the disks stay (cancelled here: without
+// systemd there is nothing to dissolve).
+await inFrame(`d.querySelector('a[href="#/vm/cockpit-new"]').click(); return true;`);
+await waitFor(`return d.querySelector("#vm-title").textContent === "cockpit-new";`, "cockpit-new's page");
+await inFrame(`d.querySelector("#dissolve").click(); return true;`);
+const ask = await waitFor(`const g = d.querySelector("#dissolve-dialog"); return g.open && g.textContent.replace(/\\s+/g, " ");`, "the dissolve confirmation");
+if (!/the disks stay/.test(ask) || !/cockpit-new/.test(ask)) fail("dissolve confirmation: " + ask);
+await inFrame(`d.querySelector("#dissolve-cancel").click(); return true;`);
+await waitFor(`return !d.querySelector("#dissolve-dialog").open;`, "the confirmation to close");
+ok("dissolve asks first and says the disks stay");
+
+// A name from the URL that is not a machine name never reaches a path.
+await inFrame(`w.location.hash = "#/vm/" + encodeURIComponent("../../etc/passwd"); return true;`);
+const bad = await waitFor(`const e = d.querySelector("#global-error"); return !e.hidden && e.textContent;`, "the bad-name error");
+if (!/Not a machine name/.test(bad)) fail("bad name: " + bad);
+ok("a path in the URL is refused: " + bad);
+
+finish(0, "cockpit page: all assertions passed in " + ((Date.now() - t0) / 1000).toFixed(1) + " s");

@@ -1,0 +1,259 @@
+//! The TPM under a real systemd (in systemd-nspawn): `machina gen` writes
+//! `machina-swtpm-<vm>.service` beside the QEMU unit; `systemctl start` of
+//! the QEMU unit pulls the swtpm unit in (`BindsTo=`), whose
+//! `machina-launch --swtpm` prepares the state as root and execs swtpm as
+//! the VM's uid; the test guest (TCG) sees a TPM 2.0; after a stop and a
+//! start the TPM is the same and `swtpm_setup` did not run again.
+
+mod common;
+
+use common::TempDir;
+
+use std::time::{Duration, Instant};
+
+use common::nspawn::{Container, BIN_MOUNT};
+use machina::plan::{Access, Grant, Plan};
+use machina::systemd::swtpm_unit;
+use machina::systemd::unit::{self, UnitOptions};
+use serde_json::json;
+
+const POOL: &str = "/var/lib/machina-e2e/disks";
+const TPM_POOL: &str = "/var/lib/machina-e2e/tpm";
+const GUEST: &str = "/var/lib/machina-e2e/guest";
+
+fn wait_for(c: &Container, unit: &str, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}; journal:\n{}",
+            c.journal(unit)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
+    const TEST: &str = "swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd";
+    let Some(qemu) = common::privileged(TEST) else {
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/swtpm").exists() {
+        common::skip(
+            TEST,
+            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
+        );
+        return;
+    }
+    let Some(image) = common::guest::guest_image(TEST) else {
+        return;
+    };
+    let vm = format!("tpm{}", std::process::id());
+    let tmp = TempDir::new("tpm-systemd");
+    let config = tmp.0.join("config");
+    std::fs::create_dir_all(config.join("machine.conf.d")).unwrap();
+    let host = json!({
+        "qemu": {"binary": qemu, "accelerator": "tcg", "cpu-model": "qemu64", "vhost": false, "nic-option-rom": false},
+        "storage": {
+            "disks": {"path": POOL, "pattern": "${machine-name}-${volume}.raw", "type": "raw"},
+            "tpm": {"path": TPM_POOL, "type": "tpm-data"}
+        },
+        "network": {"lan": {"device": "br0"}},
+    });
+    let machine = json!({
+        "id": uuid::Uuid::new_v4(),
+        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true},
+                  "tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}},
+        "volumes": [{"name": "os", "storage": "disks"}],
+        "connections": [{"name": "0", "network": "lan"}]
+    });
+    std::fs::write(config.join("machina.conf.json"), host.to_string()).unwrap();
+    std::fs::write(
+        config.join(format!("machine.conf.d/{vm}.conf.json")),
+        machine.to_string(),
+    )
+    .unwrap();
+    let root = tmp.0.join("root");
+    let out = std::process::Command::new(common::bin("machina"))
+        .arg("--config-dir")
+        .arg(&config)
+        .args([
+            "gen",
+            "--root",
+            root.to_str().unwrap(),
+            "--bin-dir",
+            BIN_MOUNT,
+            &vm,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut plan = Plan::from_json(
+        &std::fs::read_to_string(root.join(format!("etc/machina/launch/{vm}.json"))).unwrap(),
+    )
+    .unwrap();
+    let swtpm_name = swtpm_unit::swtpm_unit_name(&plan.machine);
+    let swtpm_text =
+        std::fs::read_to_string(root.join(format!("etc/systemd/system/{swtpm_name}"))).unwrap();
+    let tpm = plan.tpm.clone().unwrap();
+
+    // Direct kernel boot for the test guest, as in e2e_systemd.
+    let console = plan.runtime_dir().join("console.log");
+    plan.qemu.args.extend([
+        "-kernel".into(),
+        format!("{GUEST}/vmlinuz"),
+        "-initrd".into(),
+        format!("{GUEST}/initrd"),
+        "-append".into(),
+        image.append.clone(),
+        "-serial".into(),
+        format!("file:{}", console.display()),
+        "-no-reboot".into(),
+    ]);
+    for f in ["vmlinuz", "initrd"] {
+        plan.grants.push(Grant {
+            path: format!("{GUEST}/{f}").into(),
+            access: Access::ReadOnly,
+            shared: true,
+        });
+    }
+    let mut opts = UnitOptions::new(&plan);
+    opts.launcher = format!("{BIN_MOUNT}/machina-launch").into();
+    opts.machina = format!("{BIN_MOUNT}/machina").into();
+    let unit_text = unit::render(&plan, &opts).unwrap();
+    let unit_name = unit::unit_name(&plan.machine);
+    assert!(
+        unit_text.contains(&format!("BindsTo={swtpm_name}")),
+        "{unit_text}"
+    );
+
+    let bin_dir = common::bin("machina").parent().unwrap().to_owned();
+    let Some(c) = Container::boot(TEST, &bin_dir) else {
+        return;
+    };
+    c.write_file(
+        &format!("/etc/machina/launch/{vm}.json"),
+        &plan.to_json(),
+        0o644,
+    );
+    c.write_unit(&unit_name, &unit_text);
+    c.write_unit(&swtpm_name, &swtpm_text);
+    c.write_file(&format!("{POOL}/{vm}-os.raw"), "", 0o600);
+    c.exec_ok(&["truncate", "-s", "1M", &format!("{POOL}/{vm}-os.raw")]);
+    c.exec_ok(&["mkdir", "-p", TPM_POOL]);
+    std::fs::create_dir_all(c.path(GUEST)).unwrap();
+    std::fs::copy(&image.kernel, c.path(&format!("{GUEST}/vmlinuz"))).unwrap();
+    std::fs::copy(&image.initrd, c.path(&format!("{GUEST}/initrd"))).unwrap();
+    c.exec_ok(&[
+        "chmod",
+        "0644",
+        &format!("{GUEST}/vmlinuz"),
+        &format!("{GUEST}/initrd"),
+    ]);
+    c.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    c.exec_ok(&["ip", "link", "set", "br0", "up"]);
+    c.daemon_reload();
+
+    let console_path = c.path(console.to_str().unwrap());
+    let data = tpm.data_dir.to_str().unwrap().to_owned();
+    let mut ca = Vec::new();
+    for round in 1..=2 {
+        let out = c.exec(&["systemctl", "start", &unit_name]);
+        assert!(
+            out.status.success(),
+            "start: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.journal(&swtpm_name),
+            String::from_utf8_lossy(
+                &c.exec(&["sh", "-c", &format!("ls -ld /run/machina /run/machina/{vm} /run/machina/{vm}/swtpm /run/machina/{vm}/swtpm/*")]).stdout
+            )
+        );
+        wait_for(
+            &c,
+            &swtpm_name,
+            "the guest to boot",
+            Duration::from_secs(120),
+            || {
+                std::fs::read_to_string(&console_path)
+                    .unwrap_or_default()
+                    .contains(common::guest::READY_MARKER)
+            },
+        );
+        let log = std::fs::read_to_string(&console_path).unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains(common::guest::TPM_MARKER))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(line.trim().ends_with(" 2"), "guest TPM: {line}");
+
+        // swtpm: the unit's main process, as the VM's uid, with nothing.
+        let st = c
+            .systemctl()
+            .status(std::slice::from_ref(&swtpm_name))
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (st.active_state.as_str(), st.sub_state.as_str()),
+            ("active", "running")
+        );
+        assert_eq!(st.main_uid, Some(plan.uid));
+        let pid = st.main_pid.unwrap().to_string();
+        let status = c.exec_ok(&["cat", &format!("/proc/{pid}/status")]);
+        for want in [
+            "CapInh:\t0000000000000000",
+            "CapPrm:\t0000000000000000",
+            "CapEff:\t0000000000000000",
+            "CapBnd:\t0000000000000000",
+            "CapAmb:\t0000000000000000",
+            "NoNewPrivs:\t1",
+        ] {
+            assert!(status.contains(want), "{want} not in\n{status}");
+        }
+        assert_eq!(
+            c.exec_ok(&["stat", "-c", "%u %a", &data]).trim(),
+            format!("{} 700", plan.uid)
+        );
+        let journal = c.journal(&swtpm_name);
+        let served: Vec<&str> = journal
+            .lines()
+            .filter(|l| l.contains("serving the TPM on"))
+            .collect();
+        assert_eq!(served.len(), round, "{journal}");
+        let want = if round == 1 {
+            "swtpm_setup ran"
+        } else {
+            "swtpm_setup skipped"
+        };
+        assert!(served[round - 1].contains(want), "{journal}");
+
+        c.exec_ok(&["systemctl", "stop", &unit_name]);
+        wait_for(
+            &c,
+            &swtpm_name,
+            "swtpm to end with QEMU",
+            Duration::from_secs(60),
+            || {
+                let st = c
+                    .systemctl()
+                    .status(std::slice::from_ref(&swtpm_name))
+                    .unwrap()
+                    .remove(0);
+                st.active_state == "inactive"
+            },
+        );
+        ca.push(c.exec_ok(&[
+            "cat",
+            &format!("{data}/authority/issuercert.pem"),
+            &format!("{data}/authority/certserial"),
+        ]));
+    }
+    assert_eq!(
+        ca[0], ca[1],
+        "the TPM's CA is the same after a stop and a start"
+    );
+}
