@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use machina::config::schema::Accelerator;
 use machina::names::{InterfaceName, MachineName};
-use machina::plan::{Access, Grant, Plan, QemuExec, Tap, PLAN_VERSION};
+use machina::plan::{Access, DeviceNode, Grant, HostNeeds, Plan, QemuExec, Tap, PLAN_VERSION};
 use machina::prepare::{tap, teardown};
 
 const RUNS: usize = 30;
@@ -137,7 +138,12 @@ impl Env {
                 access: Access::ReadWrite,
                 shared: false,
             }],
-            memlock: None,
+            needs: {
+                let mut n = HostNeeds::new(Accelerator::Kvm);
+                n.add_device(DeviceNode::Tun);
+                n
+            },
+            limits: Default::default(),
             // As `machina gen` plans it: no TCP listener, so QEMU gets its own
             // network namespace (the cost is part of the launch);
             // BENCH_NO_ISOLATION=1 measures without it.

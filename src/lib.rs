@@ -10,6 +10,7 @@ pub mod config;
 pub mod identity;
 pub mod launcher;
 pub mod names;
+pub mod paths;
 pub mod plan;
 pub mod prepare;
 pub mod qemu;

@@ -184,6 +184,24 @@ name_type!(
     "device class"
 );
 
+/// Whether `s` is a CPU list as systemd's `AllowedCPUs=` takes it: CPU
+/// numbers (below 8192) and ascending ranges, comma-separated, e.g.
+/// `0-3,8`. Nothing else can reach a unit file through it.
+pub fn is_cpu_list(s: &str) -> bool {
+    let num = |t: &str| {
+        !t.is_empty()
+            && t.len() <= 4
+            && t.bytes().all(|c| c.is_ascii_digit())
+            && t.parse::<u32>().is_ok_and(|n| n < 8192)
+    };
+    !s.is_empty()
+        && s.len() <= 256
+        && s.split(',').all(|part| match part.split_once('-') {
+            Some((a, b)) => num(a) && num(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok(),
+            None => num(part),
+        })
+}
+
 /// Whether `s` is a PCI address like `0000:c1:00.0`, in lowercase hex as
 /// sysfs names devices. Anything else could traverse out of a sysfs path.
 pub fn is_pci_address(s: &str) -> bool {
@@ -271,6 +289,18 @@ impl fmt::Display for InterfaceName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        for ok in ["0", "0-3", "0-3,8", "1,2,3", "8191"] {
+            assert!(is_cpu_list(ok), "{ok}");
+        }
+        for bad in [
+            "", "3-1", "0-", ",1", "1,,2", "a", "0 1", "8192", "1\n", "-1",
+        ] {
+            assert!(!is_cpu_list(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_go_style_names() {

@@ -19,18 +19,17 @@ pub use generate::{plan_for, IdError, IdRequest, TakenIds};
 /// The plan format this build writes and understands.
 /// Version 2 dropped the `runtime-dir` field: the runtime directory is
 /// derived from the VM's name ([`Plan::runtime_dir`]), never read.
-pub const PLAN_VERSION: u32 = 2;
+/// Version 3 carries the hardware's host needs ([`HostNeeds`]; the
+/// `memlock` field moved into them); `network-isolation` is derived from
+/// them (no TCP listener), and `tpm` names the VM's swtpm.
+pub const PLAN_VERSION: u32 = 3;
 
 /// Default directory of plan files.
 pub const DEFAULT_PLAN_DIR: &str = "/etc/machina/launch";
 
-/// Default parent of every VM's runtime directory.
-pub const RUNTIME_ROOT: &str = "/run/machina";
-
-/// Directory of machina's lock files. VM names start with a letter or
-/// digit, so no VM's runtime directory (`/run/machina/<vm>`) can be it or
-/// be inside it, and no VM name can name a lock.
-pub const LOCK_DIR: &str = "/run/machina/.lock";
+pub use crate::config::model::{MdevParent, ResourceLimits};
+pub use crate::paths::{LOCK_DIR, RUNTIME_ROOT};
+pub use crate::qemu::needs::{DeviceNode, HostNeeds, Listener, Service};
 
 /// A lock machina takes: one per VM, and one host-wide for mediated
 /// devices. [`Lock::path`] is the only place that says where each is.
@@ -96,13 +95,18 @@ pub struct Plan {
     /// Files the VM's group must be able to open.
     #[serde(default)]
     pub grants: Vec<Grant>,
-    /// `RLIMIT_MEMLOCK` in bytes, set when vfio devices pin guest memory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memlock: Option<u64>,
-    /// QEMU listens on no TCP address (no spice, no TCP agent port), so
+    /// What QEMU needs from the host (accelerator, TCP listeners, device
+    /// nodes, locked memory), as the hardware model states it.
+    pub needs: HostNeeds,
+    /// Optional cgroup limits for the unit (the launcher does not use
+    /// them; they are here so that `gen` sees them change).
+    #[serde(default, skip_serializing_if = "ResourceLimits::is_empty")]
+    pub limits: ResourceLimits,
+    /// QEMU listens on no TCP address (`needs.listeners` is empty), so
     /// the launcher runs it in a network namespace of its own, entered after
     /// its TAPs are open: it keeps its TAPs and UNIX sockets and cannot
-    /// reach the host's network. Absent (false) in older plans.
+    /// reach the host's network. Derived from `needs` by `gen`; absent
+    /// (false) in older plans.
     #[serde(default)]
     pub network_isolation: bool,
     /// What to exec.
@@ -158,22 +162,6 @@ pub struct Mdev {
     pub sysfs_root: PathBuf,
     /// Parent devices that can supply it, in the order to try them.
     pub parents: Vec<MdevParent>,
-}
-
-/// One physical device able to create a mediated device of the wanted type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct MdevParent {
-    /// PCI address, e.g. `0000:c1:00.0`.
-    pub address: String,
-    /// The wanted type's display name (the type's `name` file).
-    pub type_name: String,
-    /// Preferred NVIDIA placement ids, in order.
-    #[serde(default)]
-    pub placements: Vec<u32>,
-    /// Whether the parent supports heterogeneous vGPU types.
-    #[serde(default)]
-    pub heterogeneous: bool,
 }
 
 /// A file the VM's group is given access to.
@@ -277,6 +265,25 @@ impl Plan {
                 self.qemu.binary.display()
             ));
         }
+        let needs = |d: DeviceNode, why: &str| {
+            if self.needs.devices.contains(&d) {
+                Ok(())
+            } else {
+                bad(format!("{why} but the needs lack {}", d.path().display()))
+            }
+        };
+        if !self.taps.is_empty() {
+            needs(DeviceNode::Tun, "the plan has taps")?;
+        }
+        if self.taps.iter().any(|t| !t.vhost_fds.is_empty()) {
+            needs(DeviceNode::VhostNet, "a tap has vhost fds")?;
+        }
+        if !self.mdevs.is_empty() {
+            needs(DeviceNode::Vfio, "the plan has mediated devices")?;
+        }
+        if self.network_isolation && self.needs.inet() {
+            return bad("network isolation but the needs name TCP listeners".into());
+        }
         let mut fds: Vec<i32> = Vec::new();
         for tap in &self.taps {
             if tap.fds.is_empty() {
@@ -301,6 +308,18 @@ impl Plan {
         }
         if sorted.first().is_some_and(|&fd| fd < 3) {
             return bad("fd numbers below 3 are reserved for stdio".into());
+        }
+        if let Some(cpus) = &self.limits.allowed_cpus {
+            if !crate::names::is_cpu_list(cpus) {
+                return bad(format!("allowed CPUs {cpus:?} is not a CPU list"));
+            }
+        }
+        if self
+            .limits
+            .cpu_weight
+            .is_some_and(|w| !(1..=10000).contains(&w))
+        {
+            return bad("CPU weight is outside 1–10000".into());
         }
         for g in &self.grants {
             if !g.path.is_absolute() {

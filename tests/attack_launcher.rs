@@ -502,6 +502,7 @@ fn attack_sysfs_links_lead_nowhere() {
     std::fs::create_dir_all(ty.join("devices")).unwrap();
     std::fs::write(ty.join("name"), "GRID T4-2Q\n").unwrap();
     let mut plan = l::plan(&sb, &qemu, "sysfs", vec![], vec![]);
+    plan.needs.add_device(machina::plan::DeviceNode::Vfio);
     plan.mdevs = vec![machina::plan::Mdev {
         uuid: uuid::Uuid::new_v4(),
         sysfs_root: fake.sysfs_root(),

@@ -68,6 +68,7 @@ fn list_and_cat() {
     assert!(list.contains("(Web front end (Debian 12))"));
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&machina(&["list", "--json"]))).unwrap();
+    assert_eq!(json["machines"][2]["state"], "stopped");
     assert_eq!(json["machines"][2]["name"], "web-01");
 
     let two = stdout(&machina(&["cat", "web-01", "system"]));
@@ -243,4 +244,56 @@ fn gen_writes_a_swtpm_unit_and_removes_it_when_the_tpm_is_off() {
     assert!(!units.join("machina-swtpm-tpm.service").exists());
     let qemu = std::fs::read_to_string(units.join("machina-qemu-tpm.service")).unwrap();
     assert!(!qemu.contains("swtpm"), "{qemu}");
+}
+
+/// The schema shipped in `docs/` is the one the binary prints, and
+/// `inspect --json` of the examples (not generated: no plan, no unit)
+/// validates against it.
+#[test]
+fn inspect_json_matches_the_shipped_schema() {
+    let shipped: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/inspect.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let printed: serde_json::Value =
+        serde_json::from_str(&stdout(&machina(&["schema", "inspect"]))).unwrap();
+    assert_eq!(
+        shipped, printed,
+        "docs/inspect.schema.json is stale: run `machina schema inspect > docs/inspect.schema.json`"
+    );
+    let validator = jsonschema::validator_for(&shipped).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&stdout(&machina(&[
+        "inspect", "--json", "desk-042", "web-01",
+    ])))
+    .unwrap();
+    let errors: Vec<String> = validator.iter_errors(&out).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{out:#}");
+    assert_eq!(out[1]["name"], "web-01");
+    assert_eq!(out[1]["state"], "stopped");
+    assert_eq!(
+        out[1]["volumes"][0]["path"],
+        "/srv/machina/disks/web-01/os.raw"
+    );
+    // attrs.console: the socket `machina console` attaches to, and its log.
+    assert_eq!(
+        out[1]["console"]["socket"],
+        "/run/machina/web-01/console.sock"
+    );
+    assert_eq!(out[1]["console"]["log"], "/run/machina/web-01/console.log");
+    assert_eq!(out[0]["console"], serde_json::Value::Null, "{out:#}");
+    // A wrong document is refused: the test would catch a drift.
+    let mut bad = out.clone();
+    bad[0]["state"] = "sleeping".into();
+    assert!(!validator.is_valid(&bad));
+    let text = stdout(&machina(&["inspect", "web-01"]));
+    assert!(text.starts_with("web-01\n  uuid: "), "{text}");
+    assert!(
+        text.contains(
+            "\n  console: /run/machina/web-01/console.sock (log /run/machina/web-01/console.log)\n"
+        ),
+        "{text}"
+    );
 }

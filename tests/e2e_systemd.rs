@@ -156,7 +156,12 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     c.daemon_reload();
 
     let t = Instant::now();
-    c.exec_ok(&["systemctl", "start", &unit_name]);
+    let started = c.exec(&["systemctl", "start", &unit_name]);
+    assert!(
+        started.status.success(),
+        "systemctl start failed; journal:\n{}",
+        c.journal(&unit_name)
+    );
     let console_path = c.path(console.to_str().unwrap());
     wait_for(
         &c,
@@ -227,6 +232,74 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     assert_eq!(m["unit"]["main-uid"], plan.uid);
     assert_eq!(m["qmp"], true);
     assert_eq!(s["systemd"], true);
+
+    // machina inspect --json: valid against the shipped schema, and what it
+    // says is what runs.
+    let inspected: serde_json::Value = serde_json::from_str(&c.exec_ok(&[
+        &format!("{BIN_MOUNT}/machina"),
+        "inspect",
+        "--json",
+        &vm,
+    ]))
+    .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/inspect.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&inspected)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{inspected:#}");
+    let i = &inspected[0];
+    assert_eq!(i["name"], vm.as_str());
+    assert_eq!(i["uuid"], plan.uuid.to_string());
+    assert_eq!(i["state"], "running");
+    assert_eq!(i["main-pid"], st.main_pid.unwrap());
+    assert_eq!(i["main-uid"], plan.uid);
+    assert_eq!(i["main-gid"], plan.gid);
+    assert_eq!(i["vm-uid"], plan.uid);
+    assert_eq!(i["accelerator"], "tcg");
+    assert_eq!(i["plan"], format!("/etc/machina/launch/{vm}.json"));
+    assert_eq!(
+        i["unit"]["path"],
+        format!("/etc/systemd/system/{unit_name}")
+    );
+    assert_eq!(i["qmp"]["answers"], true);
+    assert!(i["since"].as_u64().is_some(), "{i:#}");
+    let tap = &i["taps"][0];
+    assert_eq!(tap["ifname"], plan.taps[0].ifname.as_str());
+    assert_eq!(tap["bridge"], "br0");
+    assert_eq!(tap["master"], "br0");
+    assert_eq!(tap["mac"], plan.taps[0].mac.as_str());
+    assert_eq!(tap["exists"], true);
+    assert_eq!(tap["up"], true);
+    assert_eq!(i["volumes"][0]["name"], "os");
+
+    // machina logs: the launcher's step lines, each with the VM, the step
+    // and its duration; status ends with the journal's last lines.
+    let logs = c.exec_ok(&[&format!("{BIN_MOUNT}/machina"), "logs", &vm]);
+    for step in ["plan checks", "lock", "runtime directory", "checks"] {
+        let line = logs
+            .lines()
+            .find(|l| l.contains("launch step") && l.contains(&format!("step=\"{step}\"")))
+            .unwrap_or_else(|| panic!("no step {step:?} in\n{logs}"));
+        assert!(line.contains(&format!("vm=\"{vm}\"")), "{line}");
+        assert!(line.contains(" us="), "{line}");
+    }
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("step=\"exec\"") && l.contains("total_us=")),
+        "{logs}"
+    );
+    let status = c.exec_ok(&[&format!("{BIN_MOUNT}/machina"), "status", &vm]);
+    assert!(status.contains("launch step"), "{status}");
+
+    assert_eq!(i["volumes"][0]["path"], format!("{POOL}/{vm}-os.raw"));
 
     // systemctl stop: ExecStop's orderly QMP shutdown, the guest powers off
     // itself, ExecStopPost tears down.

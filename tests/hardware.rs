@@ -407,7 +407,7 @@ fn plan_grants_and_vfio() {
             .collect::<Vec<_>>(),
         ["0000:c1:00.0", "0000:c2:00.0"]
     );
-    assert_eq!(plan.memlock, Some((1024 << 20) + (1 << 30)));
+    assert_eq!(plan.needs.memlock, Some((1024 << 20) + (1 << 30)));
     assert!(opts(&hw.argv(), "device")
         .iter()
         .any(|d| d.starts_with("vfio-pci,id=vfio.0,")
@@ -417,6 +417,92 @@ fn plan_grants_and_vfio() {
             ))));
     let back = machina::plan::Plan::from_json(&plan.to_json()).unwrap();
     assert_eq!(back, plan);
+}
+
+/// The hardware states its host needs once, next to the options that cause
+/// them: the accelerator, TCP listeners with their addresses, device nodes.
+#[test]
+fn hardware_states_its_host_needs() {
+    use machina::config::schema::Accelerator;
+    use machina::plan::{DeviceNode, Listener, Service};
+    let bare = build(host(), json!({"attrs": {"memory": {"ram": 64}}})).unwrap();
+    let n = machina::qemu::build(&bare).unwrap().needs;
+    assert_eq!(n.accelerator, Accelerator::Kvm);
+    assert_eq!(n.devices, [DeviceNode::Kvm]);
+    assert!(n.listeners.is_empty() && n.memlock.is_none());
+
+    let m = build(
+        host(),
+        json!({"attrs": {"memory": {"ram": 64}, "spice": {"enabled": true, "port": 5999}},
+               "connections": [{"name": "0", "network": "lan"}]}),
+    )
+    .unwrap();
+    let hw = machina::qemu::build(&m).unwrap();
+    assert_eq!(
+        hw.needs.listeners,
+        [Listener {
+            service: Service::Spice,
+            address: "127.0.0.1".parse().unwrap(),
+            port: 5999
+        }]
+    );
+    // The listener and the option QEMU gets agree.
+    assert!(opts(&hw.argv(), "spice")[0].starts_with("port=5999,addr=127.0.0.1,"));
+    assert!(hw.needs.devices.contains(&DeviceNode::Tun));
+    assert!(hw.needs.loopback_only());
+}
+
+/// `attrs.limits` set in host tags reach the plan (and so the unit), sized
+/// from the guest's RAM; bad values are refused, each on its own line.
+#[test]
+fn resource_limits_from_tags() {
+    let mut h = host();
+    h["tag"] = json!({
+        "capped": {"attrs": {"limits": {"memory": {"max": true, "margin": 256}, "cpu": {"weight": 50}}}},
+        "pinned": {"attrs": {"limits": {"memory": {"high": true}, "cpu": {"allowed": "0-1", "weight": 900}}}}
+    });
+    let m = build(
+        h.clone(),
+        json!({"tags": ["capped", "pinned"], "attrs": {"memory": {"ram": 1024}}}),
+    )
+    .unwrap();
+    let l = &m.limits;
+    assert_eq!(l.memory_max, Some((1024 + 256) << 20));
+    assert_eq!(l.memory_high, Some((1024 + 256) << 20));
+    assert_eq!(l.cpu_weight, Some(50), "the first tag that sets it wins");
+    assert_eq!(l.allowed_cpus.as_deref(), Some("0-1"));
+    let hw = machina::qemu::build(&m).unwrap();
+    let plan = machina::plan::plan_for(&m, &hw, 70001, Path::new("/sys"));
+    let unit =
+        machina::systemd::unit::render(&plan, &machina::systemd::unit::UnitOptions::new(&plan))
+            .unwrap();
+    for want in [
+        "MemoryMax=1342177280",
+        "MemoryHigh=1342177280",
+        "CPUWeight=50",
+        "AllowedCPUs=0-1",
+        "TasksMax=4096",
+        "LimitNOFILE=16384",
+    ] {
+        assert!(unit.lines().any(|l| l == want), "{want} in\n{unit}");
+    }
+    // No limits: the unit says nothing about memory or CPU.
+    let m = build(h.clone(), json!({"attrs": {"memory": {"ram": 64}}})).unwrap();
+    assert!(m.limits.is_empty());
+
+    let e = build(
+        h,
+        json!({"attrs": {"memory": {"ram": 64}, "limits": {"cpu": {"weight": 20000, "allowed": "0-3\nx"}}}}),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("attrs.limits.cpu.weight") && e.contains("1–10000"),
+        "{e}"
+    );
+    assert!(
+        e.contains("attrs.limits.cpu.allowed") && e.contains("CPU list"),
+        "{e}"
+    );
 }
 
 /// `attrs.console` from a tag adds exactly a chardev on the runtime
@@ -453,7 +539,11 @@ fn network_isolation_follows_tcp_listeners() {
         let m = build(host(), json!({"attrs": attrs})).unwrap();
         let hw = machina::qemu::build(&m).unwrap();
         (
-            hw.tcp_listeners.clone(),
+            hw.needs
+                .listeners
+                .iter()
+                .map(|l| std::net::SocketAddr::new(l.address, l.port))
+                .collect::<Vec<_>>(),
             machina::plan::plan_for(&m, &hw, 70000, Path::new("/sys")).network_isolation,
         )
     };
@@ -465,4 +555,21 @@ fn network_isolation_follows_tcp_listeners() {
     let (l, iso) =
         plan_of(json!({"memory": {"ram": 512}, "spice": {"enabled": true, "port": 5901}}));
     assert_eq!((l, iso), (vec!["127.0.0.1:5901".parse().unwrap()], false));
+    // The flag follows the needs: a plan that isolates a QEMU with a TCP
+    // listener is refused.
+    let m = build(
+        host(),
+        json!({"attrs": {"memory": {"ram": 512}, "spice": {"enabled": true, "port": 5901}}}),
+    )
+    .unwrap();
+    let mut plan = machina::plan::plan_for(
+        &m,
+        &machina::qemu::build(&m).unwrap(),
+        70000,
+        Path::new("/sys"),
+    );
+    plan.check().unwrap();
+    plan.network_isolation = true;
+    let e = plan.check().unwrap_err().to_string();
+    assert!(e.contains("network isolation"), "{e}");
 }

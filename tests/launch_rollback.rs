@@ -79,6 +79,7 @@ fn every_failed_step_leaves_the_host_unchanged() {
             vec![l::tap(&format!("{name}.0"), false)],
             vec![l::rw(&disk)],
         );
+        p.needs.add_device(machina::plan::DeviceNode::Vfio);
         p.mdevs = vec![mdev(&fake, &[ADDR])];
         p
     };
@@ -105,7 +106,7 @@ fn every_failed_step_leaves_the_host_unchanged() {
         &files,
         |f| {
             let t = std::fs::read_to_string(f).unwrap().replacen(
-                "\"version\": 2",
+                &format!("\"version\": {}", machina::plan::PLAN_VERSION),
                 "\"version\": 99",
                 1,
             );
@@ -151,6 +152,7 @@ fn every_failed_step_leaves_the_host_unchanged() {
     if !Path::new("/dev/vhost-net").exists() {
         let mut p = base("r-vhost");
         p.taps[0] = l::tap("r-vhost.0", true);
+        p.needs.add_device(machina::plan::DeviceNode::VhostNet);
         fails_cleanly(
             &ns,
             &sb,
@@ -178,12 +180,14 @@ fn every_failed_step_leaves_the_host_unchanged() {
     // Mediated devices: parent absent, type absent, bad address (after the
     // TAP was made).
     let mut p = base("r-mdev");
+    p.needs.add_device(machina::plan::DeviceNode::Vfio);
     p.mdevs = vec![mdev(&fake, &["0000:c2:00.0"])];
     fails_cleanly(&ns, &sb, &p, &files, |_| {}, "mdev ");
     let mut p = base("r-type");
     p.mdevs[0].parents[0].type_name = "GRID T4-8Q".into();
     fails_cleanly(&ns, &sb, &p, &files, |_| {}, "mdev ");
     let mut p = base("r-addr");
+    p.needs.add_device(machina::plan::DeviceNode::Vfio);
     p.mdevs = vec![mdev(&fake, &["../../../../etc"])];
     fails_cleanly(&ns, &sb, &p, &files, |_| {}, "mdev ");
 
@@ -342,6 +346,7 @@ fn mdev_created_granted_and_torn_down_with_real_qemu() {
     chmod(&fw, 0o644);
     let fw_before = l::file_state(&fw);
     let mut p = l::plan(&sb, &qemu, "vm-g", vec![l::tap("vm-g.0", false)], vec![]);
+    p.needs.add_device(machina::plan::DeviceNode::Vfio);
     p.mdevs = vec![mdev(&fake, &["0000:c9:00.0", "0000:c2:00.0", ADDR])];
     p.grants.push(Grant {
         path: iso.clone(),
@@ -354,7 +359,7 @@ fn mdev_created_granted_and_torn_down_with_real_qemu() {
         shared: true,
     });
     // Lowered: raising needs CAP_SYS_RESOURCE, which this machine withholds.
-    p.memlock = Some(4 << 20);
+    p.needs.memlock = Some(4 << 20);
     let uuid = p.mdevs[0].uuid.to_string();
     let file = sb.write_plan(&p);
     let mut q = l::launch(&ns, &sb, &file);
@@ -418,6 +423,7 @@ fn existing_mdev_is_reused_and_kept_on_rollback() {
     let fake = FakeSysfs::new(&sb);
     fake.add_parent(ADDR, &[("nvidia-222", TYPE)]);
     let mut p = l::plan(&sb, &qemu, "vm-e", vec![l::tap("vm-e.0", false)], vec![]);
+    p.needs.add_device(machina::plan::DeviceNode::Vfio);
     p.mdevs = vec![mdev(&fake, &[ADDR])];
     let uuid = p.mdevs[0].uuid.to_string();
     // Made beforehand, as by an admin.

@@ -21,8 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nspawn::{Container, BIN_MOUNT};
+use machina::config::schema::Accelerator;
 use machina::names::MachineName;
-use machina::plan::{Access, Grant, Plan, QemuExec, PLAN_VERSION};
+use machina::plan::{Access, Grant, HostNeeds, Plan, QemuExec, PLAN_VERSION};
 use machina::systemd::control::Verb;
 use machina::systemd::unit::{render, unit_name, UnitOptions};
 
@@ -91,7 +92,12 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
             access: Access::ReadWrite,
             shared: false,
         }],
-        memlock: None,
+        needs: HostNeeds::new(if args.contains(&"-enable-kvm") {
+            Accelerator::Kvm
+        } else {
+            Accelerator::Tcg
+        }),
+        limits: Default::default(),
         network_isolation: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
@@ -300,9 +306,9 @@ ProtectKernelTunables,ProtectProc,ProcSubset,RestrictNamespaces,PrivateTmp",
         assert_eq!(props.get(k).map(String::as_str), Some(v), "{k}: {props:?}");
     }
     let allow = &props["DeviceAllow"];
-    for d in ["/dev/kvm rw", "/dev/net/tun rw"] {
-        assert!(allow.contains(d), "{d} in DeviceAllow={allow}");
-    }
+    assert!(allow.contains("/dev/kvm rw"), "DeviceAllow={allow}");
+    // No TAP in this plan, so no /dev/net/tun (the plan's needs say so).
+    assert!(!allow.contains("/dev/net/tun"), "DeviceAllow={allow}");
     assert!(props["IPAddressDeny"].contains("0.0.0.0/0"), "{props:?}");
 
     // The sandbox as the stand-in launcher saw it from inside.
@@ -310,7 +316,7 @@ ProtectKernelTunables,ProtectProc,ProcSubset,RestrictNamespaces,PrivateTmp",
     for want in [
         "CapBnd:\t00000000000011c9",
         "probe: kvm open",
-        "probe: tun open",
+        "probe: tun denied", // no TAP in the plan: no /dev/net/tun
         "probe: /dev/mem hidden",
         "probe: /etc read-only",
         "probe: grant dir read-only",
@@ -566,6 +572,7 @@ fn mdev_parent_is_the_only_writable_sysfs_device() {
         std::os::unix::fs::symlink(format!("../../../devices/pci0000:00/{dev}"), &link).unwrap();
     }
     let mut p = plan(vm, &["-enable-kvm"], log);
+    p.needs.add_device(machina::plan::DeviceNode::Vfio);
     p.mdevs.push(machina::plan::Mdev {
         uuid: uuid.parse().unwrap(),
         sysfs_root: sys.into(),
@@ -576,7 +583,7 @@ fn mdev_parent_is_the_only_writable_sysfs_device() {
             heterogeneous: false,
         }],
     });
-    p.memlock = Some(4 << 20);
+    p.needs.memlock = Some(4 << 20);
     let unit = unit_name(&p.machine);
     c.write_unit(&unit, &render(&p, &options(&p)).unwrap());
     c.daemon_reload();

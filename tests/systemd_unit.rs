@@ -10,8 +10,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use machina::config::schema::Accelerator;
 use machina::names::{InterfaceName, MachineName};
-use machina::plan::{Access, Grant, Mdev, MdevParent, Plan, QemuExec, Tap, PLAN_VERSION};
+use machina::plan::{
+    Access, DeviceNode, Grant, HostNeeds, Listener, Mdev, MdevParent, Plan, QemuExec, Service, Tap,
+    PLAN_VERSION,
+};
 use machina::systemd::unit::{render, unit_name, UnitOptions};
 
 const ANALYZE: &str = "/usr/bin/systemd-analyze";
@@ -34,7 +38,8 @@ fn base(vm: &str) -> Plan {
         taps: vec![],
         mdevs: vec![],
         grants: vec![],
-        memlock: None,
+        needs: HostNeeds::new(Accelerator::Kvm),
+        limits: Default::default(),
         network_isolation: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
@@ -66,6 +71,8 @@ fn taps_vhost() -> Plan {
             vhost_fds: vec![fd + 1],
         });
     }
+    p.needs.add_device(DeviceNode::Tun);
+    p.needs.add_device(DeviceNode::VhostNet);
     p.grants.push(Grant {
         path: "/var/lib/machina/netvm/os.raw".into(),
         access: Access::ReadWrite,
@@ -93,7 +100,15 @@ fn mdevs() -> Plan {
             heterogeneous: false,
         }],
     });
-    p.memlock = Some(34 << 30);
+    p.needs.memlock = Some(34 << 30);
+    p.needs.add_device(DeviceNode::Vfio);
+    for (service, port) in [(Service::Spice, 59000), (Service::Agent, 49000)] {
+        p.needs.listeners.push(Listener {
+            service,
+            address: "127.0.0.1".parse().unwrap(),
+            port,
+        });
+    }
     p.grants.push(Grant {
         path: "/zfs-tank/gpuvm/os/gpuvm-os.raw".into(),
         access: Access::ReadWrite,

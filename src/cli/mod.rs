@@ -9,7 +9,9 @@ mod complete;
 mod console;
 mod generate;
 mod host;
+mod inspect;
 mod link;
+mod logs;
 mod manual;
 mod qmp;
 mod run;
@@ -56,6 +58,10 @@ pub struct Cli {
     /// Directory of the generated systemd units.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_UNIT_DIR)]
     pub unit_dir: PathBuf,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); without
+    /// it, the level in MACHINA_LOG (default warn).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -151,6 +157,28 @@ enum Command {
         #[arg(required = true)]
         machines: Vec<String>,
     },
+    /// Displays everything about virtual machines: state, unit, plan, QMP,
+    /// spice and agent ports, TAPs, volumes, serial console, TPM.
+    Inspect {
+        /// Print JSON (see `machina schema inspect`).
+        #[arg(long)]
+        json: bool,
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
+    /// Shows a virtual machine's journal: launcher steps, QEMU, shutdown,
+    /// teardown.
+    Logs {
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Show only the last N lines.
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<u32>,
+        /// Machine.
+        machine: String,
+    },
     /// Removes the unit and launch plan of stopped virtual machines.
     Dissolve {
         /// Also delete the TPM state directory (attrs.tpm.data) named in each plan: the guest's TPM, and with it e.g. its BitLocker keys, is gone for good. Needs --yes-delete-tpm-state.
@@ -241,7 +269,8 @@ enum Command {
     GenId,
     /// Generates a random MAC hardware address.
     GenMac,
-    /// Prints a JSON Schema of the host file or the machine files.
+    /// Prints a JSON Schema of the host file, the machine files or the
+    /// output of `inspect --json`.
     Schema {
         /// Which file kind.
         #[arg(value_enum, default_value = "machine")]
@@ -274,6 +303,8 @@ enum SchemaKind {
     Host,
     /// machine.conf.d/<name>.conf.json
     Machine,
+    /// The output of `inspect --json`
+    Inspect,
 }
 
 /// An error a command reports: one line, already formatted.
@@ -359,6 +390,7 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    logs::init(cli.verbose);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -468,6 +500,14 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status { json, machines } => {
             return units::status(&dir, &cli.plan_dir, &machines, json)
         }
+        Command::Logs {
+            follow,
+            lines,
+            machine,
+        } => return logs::logs(&machine, follow, lines),
+        Command::Inspect { json, machines } => {
+            return inspect::inspect(&dir, &cli.plan_dir, &machines, json)
+        }
         Command::Dissolve {
             machines,
             purge_tpm,
@@ -520,6 +560,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             let schema = match kind {
                 SchemaKind::Host => schemars::schema_for!(config::schema::HostFile),
                 SchemaKind::Machine => schemars::schema_for!(config::schema::MachineFile),
+                SchemaKind::Inspect => inspect::schema(),
             };
             writeln!(
                 out,

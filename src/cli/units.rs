@@ -105,18 +105,8 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
                     let installed = std::fs::read_to_string(&plan_path)
                         .ok()
                         .and_then(|t| Plan::from_json(&t).ok());
-                    if let (Some(installed), Ok(hw)) = (installed, crate::qemu::build(&m)) {
-                        let id = taken.id_for(&m).unwrap_or(installed.uid);
-                        let now = plan_for(
-                            &m,
-                            &hw,
-                            id,
-                            &installed
-                                .mdevs
-                                .first()
-                                .map_or("/sys".into(), |d| d.sysfs_root.clone()),
-                        );
-                        row.stale = Some(now != installed);
+                    if let Some(installed) = installed {
+                        row.stale = config_changed(&m, &installed, &taken);
                     }
                 }
             },
@@ -124,6 +114,27 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
         out.push(row);
     }
     (out, note)
+}
+
+/// Whether `m` now generates another plan than `installed`; `None` when
+/// its hardware cannot be built.
+pub(super) fn config_changed(
+    m: &config::Machine,
+    installed: &Plan,
+    taken: &TakenIds,
+) -> Option<bool> {
+    let hw = crate::qemu::build(m).ok()?;
+    let id = taken.id_for(m).unwrap_or(installed.uid);
+    let now = plan_for(
+        m,
+        &hw,
+        id,
+        &installed
+            .mdevs
+            .first()
+            .map_or("/sys".into(), |d| d.sysfs_root.clone()),
+    );
+    Some(now != *installed)
 }
 
 /// The first problem of a broken machine on one line, and how many more
@@ -213,9 +224,15 @@ fn row_json(r: &Row, now: SystemTime) -> serde_json::Value {
             "main-uid": u.main_uid,
         })
     });
+    let state = r
+        .unit
+        .as_ref()
+        .map_or(control::SimpleState::Stopped, UnitStatus::simple_state);
     json!({
         "name": r.name.as_str(),
         "description": r.description,
+        "state": state,
+        "enabled": r.unit.as_ref().map(UnitStatus::enabled),
         "unit": unit,
         "qmp": r.qmp,
         "config-changed-since-gen": r.stale,
@@ -228,7 +245,7 @@ fn print_json(rows: &[Row], note: &Option<String>, broken: &[(String, config::Co
     let now = SystemTime::now();
     let mut machines: Vec<serde_json::Value> = rows.iter().map(|r| row_json(r, now)).collect();
     machines.extend(broken.iter().map(|(stem, e)| {
-        json!({"name": stem, "description": "", "unit": null, "qmp": false,
+        json!({"name": stem, "description": "", "state": "stopped", "enabled": null, "unit": null, "qmp": false,
                "config-changed-since-gen": null, "error": e.to_string()})
     }));
     let v = json!({
@@ -306,6 +323,15 @@ pub fn status(
         }
         if let Some(e) = &r.error {
             println!("  error: {e}");
+        }
+        if r.unit.is_some() {
+            let tail = super::logs::tail(&r.name, super::logs::STATUS_LINES);
+            if !tail.is_empty() {
+                println!();
+                for l in tail {
+                    println!("  {l}");
+                }
+            }
         }
     }
     Ok(0)

@@ -15,7 +15,7 @@ use super::schema::{
 };
 use crate::identity::{self, IdRange, Wwn};
 use crate::names::{InterfaceName, MachineName, TagName};
-use crate::plan::{MdevParent, RUNTIME_ROOT};
+use crate::paths::RUNTIME_ROOT;
 
 /// Lowest TCP port a VM may use: QEMU never runs as root.
 pub const MIN_PORT: i64 = 1024;
@@ -128,6 +128,7 @@ pub fn build(
     }
 
     let cpu = p.take(resolve_cpu(&ctx, &defs, &attrs));
+    let limits = p.take(resolve_limits(&defs, &attrs, ram_mib));
     let firmware = p.take(resolve_firmware(&ctx, &defs, &attrs));
     let tpm = p.take(resolve_tpm(&ctx, &defs, &attrs));
     let qmp_sockets = p.take(resolve_qmp(&ctx, &defs, &attrs));
@@ -227,6 +228,7 @@ pub fn build(
         Some(qmp_sockets),
         Some(agent_port),
         Some(spice),
+        Some(limits),
     ) = (
         qemu,
         group,
@@ -236,6 +238,7 @@ pub fn build(
         qmp_sockets,
         agent_port,
         spice,
+        limits,
     )
     else {
         unreachable!("every part missing recorded a problem");
@@ -261,11 +264,77 @@ pub fn build(
         qmp_sockets,
         agent_port,
         spice,
+        limits,
         console,
         volumes,
         connections,
         devices,
         origin: morigin,
+    })
+}
+
+/// Default `attrs.limits.memory.margin`: QEMU's own memory beyond the
+/// guest's RAM (device models, block caches, the TCG code buffer).
+const MEMORY_MARGIN_MIB: u64 = 512;
+
+fn resolve_limits(
+    defs: &[Def<'_>],
+    attrs: &Attributes,
+    ram_mib: u64,
+) -> Result<ResourceLimits, ConfigError> {
+    let l = &attrs.limits;
+    let mut p = Problems::default();
+    let weight = match l.cpu.weight {
+        0 => None,
+        w @ 1..=10000 => Some(w as u32),
+        w => {
+            p.push(ConfigError::invalid(
+                &field_origin(defs, "attrs.limits.cpu.weight", |d| {
+                    d.attrs.limits.cpu.weight == w
+                }),
+                format!("CPU weight {w} is outside systemd's 1–10000"),
+            ));
+            None
+        }
+    };
+    let allowed = if l.cpu.allowed.is_empty() {
+        None
+    } else if crate::names::is_cpu_list(&l.cpu.allowed) {
+        Some(l.cpu.allowed.clone())
+    } else {
+        p.push(ConfigError::invalid(
+            &field_origin(defs, "attrs.limits.cpu.allowed", |d| {
+                d.attrs.limits.cpu.allowed == l.cpu.allowed
+            }),
+            format!(
+                "{:?} is not a CPU list like \"0-3,8\" (numbers and ranges, comma-separated)",
+                l.cpu.allowed
+            ),
+        ));
+        None
+    };
+    let margin = if l.memory.margin == 0 {
+        MEMORY_MARGIN_MIB
+    } else {
+        l.memory.margin
+    };
+    if margin > 1 << 20 {
+        p.push(ConfigError::invalid(
+            &field_origin(defs, "attrs.limits.memory.margin", |d| {
+                d.attrs.limits.memory.margin > 0
+            }),
+            format!("a memory margin of {margin} MiB is more than 1 TiB"),
+        ));
+    }
+    let bytes = (ram_mib + margin) << 20;
+    if let Some(e) = p.into_error() {
+        return Err(e);
+    }
+    Ok(ResourceLimits {
+        memory_high: l.memory.high.then_some(bytes),
+        memory_max: l.memory.max.then_some(bytes),
+        cpu_weight: weight,
+        allowed_cpus: allowed,
     })
 }
 
@@ -350,6 +419,13 @@ fn merge_attrs(defs: &[Def<'_>]) -> Attributes {
             a.spice.port_pattern = s.spice.port_pattern.clone();
         }
         set_nonzero(&mut a.spice.displays, s.spice.displays);
+        a.limits.memory.high |= s.limits.memory.high;
+        a.limits.memory.max |= s.limits.memory.max;
+        set_nonzero(&mut a.limits.memory.margin, s.limits.memory.margin);
+        set_nonzero(&mut a.limits.cpu.weight, s.limits.cpu.weight);
+        if !s.limits.cpu.allowed.is_empty() {
+            a.limits.cpu.allowed = s.limits.cpu.allowed.clone();
+        }
         a.console.enabled |= s.console.enabled;
     }
     a

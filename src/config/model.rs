@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::Origin;
@@ -14,7 +15,6 @@ use crate::names::{
     ClassName, ConnectionName, DeviceName, InterfaceName, MachineName, NetworkName, PoolName,
     TagName, VolumeName,
 };
-use crate::plan::MdevParent;
 
 /// A fully built machine.
 #[derive(Debug, Clone)]
@@ -51,6 +51,8 @@ pub struct Machine {
     pub agent_port: Option<u16>,
     /// Spice.
     pub spice: Option<SpiceSpec>,
+    /// Resource limits of the unit.
+    pub limits: ResourceLimits,
     /// Serial console (`attrs.console`).
     pub console: Option<ConsoleSpec>,
     /// Volumes in merged order.
@@ -133,6 +135,31 @@ pub struct TpmSpec {
     /// swtpm state directory (`attrs.tpm.data` resolved against its pool);
     /// `None` when `attrs.tpm.data` is not set (`gen` refuses that).
     pub data: Option<PathBuf>,
+}
+
+/// Optional cgroup limits of a VM's unit, resolved from `attrs.limits`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ResourceLimits {
+    /// `MemoryHigh=` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_high: Option<u64>,
+    /// `MemoryMax=` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// `CPUWeight=`, 1–10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
+    /// `AllowedCPUs=`, a checked CPU list ([`crate::names::is_cpu_list`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_cpus: Option<String>,
+}
+
+impl ResourceLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == ResourceLimits::default()
+    }
 }
 
 /// Spice settings.
@@ -227,4 +254,20 @@ pub struct ResolvedDevice {
     pub parents: Vec<MdevParent>,
     /// Where it was defined.
     pub origin: Origin,
+}
+
+/// One physical device able to create a mediated device of the wanted type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MdevParent {
+    /// PCI address, e.g. `0000:c1:00.0`.
+    pub address: String,
+    /// The wanted type's display name (the type's `name` file).
+    pub type_name: String,
+    /// Preferred NVIDIA placement ids, in order.
+    #[serde(default)]
+    pub placements: Vec<u32>,
+    /// Whether the parent supports heterogeneous vGPU types.
+    #[serde(default)]
+    pub heterogeneous: bool,
 }

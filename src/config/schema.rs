@@ -386,6 +386,51 @@ pub struct Attributes {
     /// own key: omitted when off, so the Go program's view is unchanged).
     #[serde(default, skip_serializing_if = "Toggle::is_off")]
     pub console: Toggle,
+    /// Resource limits of the VM's unit (cgroup), usually set in a tag.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub limits: Limits,
+}
+
+/// `attrs.limits`: resource limits systemd puts on the VM's unit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Memory limits, sized from the guest's RAM plus a margin.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory: MemoryLimits,
+    /// CPU limits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu: CpuLimits,
+}
+
+/// `attrs.limits.memory`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MemoryLimits {
+    /// `MemoryHigh=` at RAM plus margin: above it the kernel reclaims
+    /// QEMU's memory (swaps, slows the guest) but kills nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub high: bool,
+    /// `MemoryMax=` at RAM plus margin: a hard limit; beyond it the kernel
+    /// OOM-kills QEMU, i.e. the guest dies. Off unless set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max: bool,
+    /// MiB above the guest's RAM for QEMU itself (default 512).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub margin: u64,
+}
+
+/// `attrs.limits.cpu`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CpuLimits {
+    /// `CPUWeight=`, 1–10000 (systemd's default is 100).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub weight: u64,
+    /// `AllowedCPUs=`: host CPUs QEMU may run on, e.g. `"0-3,8"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allowed: String,
 }
 
 /// `attrs.firmware`.

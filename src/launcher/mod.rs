@@ -25,6 +25,7 @@
 //! (see [`qemu_args`]); the QEMU binary and the directories above it must
 //! be root's alone, and the checked fd is what gets executed.
 
+pub mod log;
 pub mod qemu_args;
 pub mod swtpm;
 
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::names::MachineName;
-use crate::plan::{Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
+use crate::plan::{DeviceNode, Lock, Plan, DEFAULT_PLAN_DIR, LOCK_DIR};
 use crate::prepare::lock::FileLock;
 use crate::prepare::{self, fs, grant, kvm, mdev, netns, privdrop, reach, runtime_dir, tap};
 
@@ -85,6 +86,7 @@ const USAGE: &str = "usage: machina-launch [--swtpm] <vm> | machina-launch [--sw
 /// failure: on success the process has become QEMU).
 pub fn main() -> i32 {
     ensure_stdio();
+    log::init();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     // `--swtpm`: the VM's software TPM instead of QEMU.
     let tpm = args.first().is_some_and(|a| a == "--swtpm");
@@ -242,12 +244,14 @@ pub fn run(plan: &Plan) -> Failure {
 }
 
 fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
+    let mut steps = log::Steps::new(plan.machine.as_str());
     if let Err(e) = crate::identity::check_vm_id(plan.uid, plan.machine.as_str()) {
         return refuse("identity", e.to_string());
     }
     if let Err(e) = qemu_args::check(&plan.qemu.args) {
         return refuse("qemu", e);
     }
+    steps.done("plan checks");
     let root = runtime_dir::open_root().step("runtime directory")?;
     let lock_dir = runtime_dir::open_lock_dir().step("lock")?;
     let lock = FileLock::acquire(
@@ -288,7 +292,8 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
             ),
         );
     }
-    let failure = launch(plan, &root, &lock);
+    steps.done("lock");
+    let failure = launch(plan, &root, &lock, &mut steps);
     lock.remove();
     Err(failure)
 }
@@ -327,8 +332,8 @@ pub fn lock_fd_number(plan: &Plan) -> i32 {
 }
 
 /// The prepare steps, drop and exec. Guards live here, so returning undoes.
-fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock) -> Failure {
-    match launch_steps(plan, root, lock) {
+fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock, steps: &mut log::Steps<'_>) -> Failure {
+    match launch_steps(plan, root, lock, steps) {
         Ok(never) => match never {},
         Err(f) => f,
     }
@@ -338,26 +343,39 @@ fn launch_steps(
     plan: &Plan,
     root: &OwnedFd,
     lock: &FileLock,
+    steps: &mut log::Steps<'_>,
 ) -> Result<std::convert::Infallible, Failure> {
     let _dir = runtime_dir::RuntimeDir::prepare(root, &plan.runtime_dir(), plan.uid, plan.gid)
         .step("runtime directory")?;
+    steps.done("runtime directory");
     let mut taps = Vec::with_capacity(plan.taps.len());
     for t in &plan.taps {
         taps.push(tap::prepare(t).step(format_args!("tap {}", t.ifname))?);
+        steps.done(&format!("tap {}", t.ifname));
     }
     let mut mdevs = Vec::with_capacity(plan.mdevs.len());
     for m in &plan.mdevs {
         mdevs.push(mdev::prepare(m, plan.gid).step(format_args!("mdev {}", m.uuid))?);
+        steps.done(&format!("mdev {}", m.uuid));
     }
     let mut grants = Vec::with_capacity(plan.grants.len());
     for g in &plan.grants {
         grants.push(grant::prepare(g, plan.uid, plan.gid).step("grant")?);
     }
-    let kvm_gid = kvm::kvm_group().step("kvm")?;
+    if !plan.grants.is_empty() {
+        steps.done("grants");
+    }
+    // Only a KVM guest gets the group of /dev/kvm: a TCG one never opens it.
+    let kvm_gid = if plan.needs.devices.contains(&DeviceNode::Kvm) {
+        kvm::kvm_group().step("kvm")?
+    } else {
+        plan.gid
+    };
     let gids = [plan.gid, kvm_gid];
     reach::check(plan, &gids).step("reach")?;
     let binary_fd = privdrop::check_binary(&plan.qemu.binary, plan.uid, &gids).step("qemu")?;
-    if let Some(bytes) = plan.memlock {
+    steps.done("checks");
+    if let Some(bytes) = plan.needs.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
     if plan.network_isolation {
@@ -366,6 +384,7 @@ fn launch_steps(
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;
+    steps.exec(&plan.qemu.binary);
     let hint = format!(
         "(root was already given up; run `machina teardown {}`)",
         plan.machine

@@ -11,9 +11,6 @@ use crate::identity::derive_vm_id;
 use crate::names::MachineName;
 use crate::qemu::Hardware;
 
-/// Extra locked memory for vfio guests beyond their RAM (as libvirt does).
-const MEMLOCK_MARGIN: u64 = 1 << 30;
-
 /// Builds the plan for `m`, whose QEMU hardware is `hw`, running as `id`.
 pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan {
     let mut grants: Vec<Grant> = Vec::new();
@@ -53,7 +50,6 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
             parents: d.parents.clone(),
         })
         .collect();
-    let memlock = (!mdevs.is_empty()).then(|| m.ram_mib * (1 << 20) + MEMLOCK_MARGIN);
     Plan {
         version: PLAN_VERSION,
         machine: m.name.clone(),
@@ -63,8 +59,9 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
         taps,
         mdevs,
         grants,
-        memlock,
-        network_isolation: hw.tcp_listeners.is_empty(),
+        needs: hw.needs.clone(),
+        limits: m.limits.clone(),
+        network_isolation: !hw.needs.inet(),
         qemu: QemuExec {
             binary: m.qemu.binary.clone(),
             args: hw.argv(),

@@ -3,8 +3,9 @@
 //! volumes, connections, devices.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
+use super::needs::{DeviceNode, HostNeeds, Listener, Service};
 use super::options::{to_argv, Opt};
 use super::topology::{Controller, Topology, TopologyError, MAX_SATA};
 use crate::config::model::{Brand, Machine, ResolvedVolume};
@@ -41,6 +42,12 @@ pub const SANDBOX: &[&str] = &[
     "resourcecontrol=deny",
 ];
 
+/// The address every TCP listener of QEMU (spice, the guest agent) binds.
+pub const LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Extra locked memory for vfio guests beyond their RAM (as libvirt does).
+const MEMLOCK_MARGIN: u64 = 1 << 30;
+
 /// First fd number handed to QEMU (after stdio).
 pub const FIRST_FD: i32 = 3;
 
@@ -60,9 +67,8 @@ pub struct Hardware {
     pub options: Vec<Opt>,
     /// TAP fds per connection, in connection order.
     pub taps: Vec<TapFds>,
-    /// TCP addresses QEMU listens on (guest agent, spice): a VM with none
-    /// needs no host network and runs in a network namespace of its own.
-    pub tcp_listeners: Vec<SocketAddr>,
+    /// What this hardware needs from the host.
+    pub needs: HostNeeds,
 }
 
 /// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
@@ -124,7 +130,7 @@ struct Builder<'m> {
     bootindex: u32,
     sata: usize,
     taps: Vec<TapFds>,
-    tcp_listeners: Vec<SocketAddr>,
+    needs: HostNeeds,
     /// ISA serial ports: outside the PCI topology, so enabling the console
     /// moves no PCI device.
     serials: Vec<Opt>,
@@ -151,7 +157,7 @@ impl<'m> Builder<'m> {
             bootindex: 0,
             sata: 0,
             taps: Vec::new(),
-            tcp_listeners: Vec::new(),
+            needs: HostNeeds::new(m.qemu.accelerator),
             serials: Vec::new(),
         }
     }
@@ -316,18 +322,21 @@ impl<'m> Builder<'m> {
         let Some(port) = self.m.agent_port else {
             return Ok(());
         };
-        self.tcp_listeners
-            .push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
         self.chardevs.push(
             Opt::new("chardev")
                 .word("socket")
                 .named("id", "guestagent")
-                .named("host", "127.0.0.1")
+                .named("host", LISTEN_ADDRESS.to_string())
                 .named("port", port)
                 .named("server", "on")
                 .named("wait", "off")
                 .named("nodelay", "on"),
         );
+        self.needs.listeners.push(Listener {
+            service: Service::Agent,
+            address: LISTEN_ADDRESS,
+            port,
+        });
         self.serial_port("guestagent", "org.qemu.guest_agent.0")
     }
 
@@ -359,8 +368,6 @@ impl<'m> Builder<'m> {
         let Some(spice) = self.m.spice else {
             return Ok(());
         };
-        self.tcp_listeners
-            .push(SocketAddr::from((Ipv4Addr::LOCALHOST, spice.port)));
         let origin = self.m.origin.clone();
         self.machine_params = self.machine_params.clone().named("vmport", "off");
         // vmport comes right after type in the Go output.
@@ -368,9 +375,14 @@ impl<'m> Builder<'m> {
         self.spice = Some(
             Opt::new("spice")
                 .named("port", spice.port)
-                .named("addr", "127.0.0.1")
+                .named("addr", LISTEN_ADDRESS.to_string())
                 .named("disable-ticketing", "on"),
         );
+        self.needs.listeners.push(Listener {
+            service: Service::Spice,
+            address: LISTEN_ADDRESS,
+            port: spice.port,
+        });
         self.globals.push(global("qxl-vga", "ram_size", "67108864"));
         self.globals
             .push(global("qxl-vga", "vram_size", "67108864"));
@@ -620,6 +632,10 @@ impl<'m> Builder<'m> {
                     d
                 })
                 .map_err(|e| topo_err(&c.origin, e))?;
+            self.needs.add_device(DeviceNode::Tun);
+            if !vhost_fds.is_empty() {
+                self.needs.add_device(DeviceNode::VhostNet);
+            }
             self.taps.push(TapFds { fds, vhost_fds });
         }
         Ok(())
@@ -696,10 +712,16 @@ impl<'m> Builder<'m> {
         o.extend(self.topo.into_devices());
         o.extend(self.serials);
         o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
+        let mut needs = self.needs;
+        if !m.devices.is_empty() {
+            // vfio pins all guest memory.
+            needs.add_device(DeviceNode::Vfio);
+            needs.memlock = Some(m.ram_mib * (1 << 20) + MEMLOCK_MARGIN);
+        }
         Hardware {
             options: o,
             taps: self.taps,
-            tcp_listeners: self.tcp_listeners,
+            needs,
         }
     }
 }

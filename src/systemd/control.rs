@@ -17,7 +17,7 @@ pub const SYSTEMCTL_PATHS: [&str; 2] = ["/usr/bin/systemctl", "/bin/systemctl"];
 /// The properties [`Systemctl::status`] asks for.
 pub const STATUS_PROPERTIES: &str = "Id,Description,LoadState,ActiveState,SubState,Result,MainPID,\
 ActiveEnterTimestamp,ActiveExitTimestamp,InactiveEnterTimestamp,InactiveExitTimestamp,\
-ExecMainStartTimestampMonotonic,NeedDaemonReload";
+UnitFileState,FragmentPath,ExecMainStartTimestampMonotonic,NeedDaemonReload";
 
 /// Whether systemd is the running init system (`/run/systemd/system`
 /// exists, as sd_booted(3) checks).
@@ -193,6 +193,7 @@ impl Systemctl {
         for s in &mut list {
             if let Some(pid) = s.main_pid {
                 s.main_uid = process_uid(&self.proc_root, pid);
+                s.main_gid = process_gid(&self.proc_root, pid);
             }
         }
         Ok(list)
@@ -234,6 +235,12 @@ pub struct UnitStatus {
     pub main_pid: Option<u32>,
     /// The real uid of the main process, read from `/proc`.
     pub main_uid: Option<u32>,
+    /// The real gid of the main process, read from `/proc`.
+    pub main_gid: Option<u32>,
+    /// `UnitFileState`: enabled, disabled, static, … (empty when unknown).
+    pub unit_file_state: String,
+    /// `FragmentPath`: the unit file systemd loaded (empty when none).
+    pub fragment_path: String,
     /// `ActiveEnterTimestamp`.
     pub active_enter: Option<SystemTime>,
     /// `ActiveExitTimestamp`.
@@ -251,7 +258,36 @@ pub struct UnitStatus {
     pub need_daemon_reload: bool,
 }
 
+/// A VM's state in one word, as `inspect` and `list --json` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimpleState {
+    /// The unit is active (or stopping: QEMU still runs).
+    Running,
+    /// The unit is starting.
+    Starting,
+    /// The unit is inactive or unknown to systemd.
+    Stopped,
+    /// The unit failed.
+    Failed,
+}
+
 impl UnitStatus {
+    /// The unit's state in one word.
+    pub fn simple_state(&self) -> SimpleState {
+        match self.active_state.as_str() {
+            "active" | "reloading" | "deactivating" => SimpleState::Running,
+            "activating" => SimpleState::Starting,
+            "failed" => SimpleState::Failed,
+            _ => SimpleState::Stopped,
+        }
+    }
+
+    /// Whether the unit starts at boot (`UnitFileState=enabled`).
+    pub fn enabled(&self) -> bool {
+        matches!(self.unit_file_state.as_str(), "enabled" | "enabled-runtime")
+    }
+
     /// `ActiveState/SubState` when both are set and differ, otherwise
     /// whichever is set (the Go program's `State()`).
     pub fn state(&self) -> String {
@@ -355,6 +391,8 @@ pub fn parse_show(text: &str) -> Result<Vec<UnitStatus>, ControlError> {
                     .map_err(|_| ControlError::Parse(format!("MainPID {value:?}")))?;
                 s.main_pid = (pid != 0).then_some(pid);
             }
+            "UnitFileState" => s.unit_file_state = value.to_owned(),
+            "FragmentPath" => s.fragment_path = value.to_owned(),
             "ActiveEnterTimestamp" => s.active_enter = parse_timestamp(value)?,
             "ActiveExitTimestamp" => s.active_exit = parse_timestamp(value)?,
             "InactiveEnterTimestamp" => s.inactive_enter = parse_timestamp(value)?,
@@ -379,6 +417,15 @@ pub fn parse_show(text: &str) -> Result<Vec<UnitStatus>, ControlError> {
 fn process_uid(proc_root: &Path, pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
     parse_status_uid(&text)
+}
+
+/// The real gid of `pid` (the first field of `Gid:` in its status file).
+fn process_gid(proc_root: &Path, pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Extracts the real uid from a `/proc/<pid>/status` text.

@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::names::MachineName;
-use crate::plan::{Access, Plan, DEFAULT_PLAN_DIR};
+use crate::plan::{Access, DeviceNode, Plan, DEFAULT_PLAN_DIR};
 
 /// Default path of the launcher binary.
 pub const DEFAULT_LAUNCHER: &str = "/usr/bin/machina-launch";
@@ -254,119 +254,10 @@ impl Renderer<'_> {
     }
 }
 
-/// What the plan's QEMU argv says about the accelerator: `true` when KVM is
-/// the only accelerator QEMU may use. QEMU's default is TCG, and TCG writes
-/// and executes its generated code, so anything not clearly KVM-only counts
-/// as TCG.
-pub fn kvm_only(args: &[String]) -> bool {
-    let mut accels: Vec<String> = Vec::new();
-    let mut it = args.iter().peekable();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-enable-kvm" => accels.push("kvm".into()),
-            "-accel" | "--accel" => {
-                if let Some(v) = it.next() {
-                    let first = v.split(',').next().unwrap_or("");
-                    let name = first.strip_prefix("accel=").unwrap_or(first);
-                    accels.extend(name.split(':').map(str::to_owned));
-                }
-            }
-            "-machine" | "--machine" | "-M" => {
-                if let Some(v) = it.next() {
-                    for p in v.split(',') {
-                        if let Some(list) = p.strip_prefix("accel=") {
-                            accels.extend(list.split(':').map(str::to_owned));
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    !accels.is_empty() && accels.iter().all(|a| a == "kvm")
-}
-
-/// Network use found in QEMU's argv: whether it opens TCP/UDP sockets
-/// (spice, VNC, a TCP chardev such as the guest agent's) and whether every
-/// address it names is the loopback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InetUse {
-    /// Some option needs `AF_INET`/`AF_INET6`.
-    pub inet: bool,
-    /// Every such option binds to a loopback address.
-    pub loopback_only: bool,
-}
-
-fn is_loopback(host: &str) -> bool {
-    matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]")
-}
-
-/// Scans QEMU's argv for options that need IP sockets.
-pub fn inet_use(args: &[String]) -> InetUse {
-    let mut inet = false;
-    let mut loopback_only = true;
-    let mut prev: Option<&str> = None;
-    for a in args {
-        let opt = prev.unwrap_or("");
-        let is_net_opt = matches!(
-            opt,
-            "-spice" | "-vnc" | "-chardev" | "-incoming" | "-serial" | "-monitor" | "-qmp" | "-gdb"
-        );
-        if is_net_opt {
-            let params: Vec<&str> = a.split(',').collect();
-            let mut names_addr = false;
-            let tcp = opt == "-spice"
-                || opt == "-vnc"
-                || a.starts_with("tcp:")
-                || a.starts_with("udp:")
-                || a.starts_with("telnet:")
-                || a.starts_with("websocket:")
-                || (params.first() == Some(&"socket")
-                    && params
-                        .iter()
-                        .any(|p| p.starts_with("host=") || p.starts_with("port=")))
-                || (params.first() == Some(&"udp"));
-            if tcp {
-                inet = true;
-                for p in &params {
-                    for key in ["addr=", "host=", "localaddr="] {
-                        if let Some(v) = p.strip_prefix(key) {
-                            names_addr = true;
-                            if !is_loopback(v) {
-                                loopback_only = false;
-                            }
-                        }
-                    }
-                }
-                // A VNC display ("127.0.0.1:0") or a host:port form names its
-                // address before the last colon.
-                if !names_addr {
-                    let first = params.first().copied().unwrap_or("");
-                    let spec = first
-                        .trim_start_matches("tcp:")
-                        .trim_start_matches("udp:")
-                        .trim_start_matches("telnet:")
-                        .trim_start_matches("websocket:");
-                    if !spec
-                        .rsplit_once(':')
-                        .is_some_and(|(host, _)| is_loopback(host))
-                    {
-                        loopback_only = false;
-                    }
-                }
-            }
-        }
-        prev = if a.starts_with('-') {
-            Some(a.as_str())
-        } else {
-            None
-        };
-    }
-    InetUse {
-        inet,
-        loopback_only: inet && loopback_only,
-    }
-}
+/// `TasksMax=` of every VM unit.
+pub const TASKS_MAX: u32 = 4096;
+/// `LimitNOFILE=` of every VM unit.
+pub const NOFILE: u32 = 16384;
 
 /// Whether a grant path is a device node under `/dev` (a block device).
 fn is_dev(p: &Path) -> bool {
@@ -407,10 +298,8 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
             .join(" ")
     };
 
-    let vfio = !plan.mdevs.is_empty();
-    let vhost = plan.taps.iter().any(|t| !t.vhost_fds.is_empty());
-    let kvm = kvm_only(&plan.qemu.args);
-    let net = inet_use(&plan.qemu.args);
+    let needs = &plan.needs;
+    let vfio = needs.devices.contains(&DeviceNode::Vfio);
 
     let mut u = String::new();
     let mut line = |s: &str| {
@@ -490,7 +379,31 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line("RuntimeDirectoryMode=0750");
     line("RuntimeDirectoryPreserve=no");
     line("UMask=0077");
-    if let Some(bytes) = plan.memlock {
+    // QEMU's threads: one per vCPU, its I/O worker pool (up to 64 per
+    // AioContext), iothreads, vhost workers: 4096 leaves room for the
+    // largest guests and still stops a runaway.
+    line(&format!("TasksMax={TASKS_MAX}"));
+    // Every virtqueue of a multiqueue NIC or disk takes eventfds and irqfds:
+    // the default soft limit of 1024 is reachable. Not higher: above the
+    // hard limit systemd runs under (a container's may be 20000), the start
+    // fails.
+    line(&format!("LimitNOFILE={NOFILE}"));
+    let limits = &plan.limits;
+    if let Some(b) = limits.memory_high {
+        line(&format!("MemoryHigh={b}"));
+    }
+    if let Some(b) = limits.memory_max {
+        line(&format!("MemoryMax={b}"));
+    }
+    if let Some(w) = limits.cpu_weight {
+        line(&format!("CPUWeight={w}"));
+    }
+    if let Some(cpus) = &limits.allowed_cpus {
+        // Checked by Plan::check (digits, ',' and '-' only).
+        r.text("allowed CPUs", cpus)?;
+        line(&format!("AllowedCPUs={cpus}"));
+    }
+    if let Some(bytes) = needs.memlock {
         // vfio pins all guest memory.
         line(&format!("LimitMEMLOCK={bytes}"));
     }
@@ -519,14 +432,13 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     // launcher, which names it, rather than as a namespace failure.
     line("PrivateDevices=yes");
     line("DevicePolicy=closed");
-    let mut devices: Vec<(String, &str)> =
-        vec![("/dev/kvm".into(), "rw"), ("/dev/net/tun".into(), "rw")];
-    if vhost {
-        devices.push(("/dev/vhost-net".into(), "rw"));
-    }
-    if vfio {
-        devices.push(("/dev/vfio/vfio".into(), "rw"));
-    }
+    let mut nodes = needs.devices.clone();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let mut devices: Vec<(String, &str)> = nodes
+        .iter()
+        .map(|d| (d.path().display().to_string(), "rw"))
+        .collect();
     for g in &plan.grants {
         if is_dev(&g.path) {
             let p = r.path("grant path", &g.path)?;
@@ -618,14 +530,14 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     line("RestrictRealtime=yes");
     line("RestrictSUIDSGID=yes");
     line("LockPersonality=yes");
-    if kvm {
+    if needs.kvm_only() {
         // TCG writes and then executes its generated code; KVM does not.
         line("MemoryDenyWriteExecute=yes");
     }
     line("SystemCallArchitectures=native");
-    if net.inet {
+    if needs.inet() {
         line("RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6");
-        if net.loopback_only {
+        if needs.loopback_only() {
             line("IPAddressDeny=any");
             line("IPAddressAllow=localhost");
         }
@@ -650,8 +562,9 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::schema::Accelerator;
     use crate::names::InterfaceName;
-    use crate::plan::{Grant, Mdev, MdevParent, QemuExec, Tap, PLAN_VERSION};
+    use crate::plan::{Grant, HostNeeds, Mdev, MdevParent, QemuExec, Tap, PLAN_VERSION};
 
     fn plan(args: &[&str]) -> Plan {
         Plan {
@@ -663,7 +576,8 @@ mod tests {
             taps: vec![],
             mdevs: vec![],
             grants: vec![],
-            memlock: None,
+            needs: HostNeeds::new(Accelerator::Kvm),
+            limits: Default::default(),
             network_isolation: false,
             qemu: QemuExec {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
@@ -692,6 +606,12 @@ mod tests {
             ["/usr/bin/machina shutdown --system --timeout 1m25s vm1"]
         );
         assert_eq!(lines(&u, "ExecStopPost"), ["/usr/bin/machina teardown vm1"]);
+        // No ExecStartPost: systemd would hand the runtime directory back
+        // to root while QEMU creates its sockets in it.
+        assert!(lines(&u, "ExecStartPost").is_empty());
+        assert_eq!(lines(&u, "TasksMax"), ["4096"]);
+        assert_eq!(lines(&u, "LimitNOFILE"), ["16384"]);
+        assert!(lines(&u, "MemoryMax").is_empty() && lines(&u, "CPUWeight").is_empty());
         assert_eq!(lines(&u, "TimeoutStopSec"), ["1m30s"]);
         assert_eq!(
             lines(&u, "RuntimeDirectory"),
@@ -708,7 +628,7 @@ mod tests {
             lines(&u, "SystemCallFilter"),
             ["@system-service", "seccomp", "~@resources"]
         );
-        assert_eq!(lines(&u, "DeviceAllow"), ["/dev/kvm rw", "/dev/net/tun rw"]);
+        assert_eq!(lines(&u, "DeviceAllow"), ["/dev/kvm rw"]);
         assert!(lines(&u, "ReadWritePaths").is_empty());
         assert_eq!(lines(&u, "WantedBy"), ["multi-user.target"]);
     }
@@ -738,7 +658,21 @@ mod tests {
                 heterogeneous: false,
             }],
         });
-        p.memlock = Some(1 << 30);
+        p.needs = HostNeeds::new(Accelerator::Tcg);
+        p.needs.listeners.push(crate::plan::Listener {
+            service: crate::plan::Service::Spice,
+            address: "127.0.0.1".parse().unwrap(),
+            port: 59000,
+        });
+        for d in [
+            DeviceNode::Kvm,
+            DeviceNode::Tun,
+            DeviceNode::VhostNet,
+            DeviceNode::Vfio,
+        ] {
+            p.needs.add_device(d);
+        }
+        p.needs.memlock = Some(1 << 30);
         p.grants.push(Grant {
             path: "/dev/zvol/tank/vm1".into(),
             access: Access::ReadWrite,
@@ -886,61 +820,24 @@ mod tests {
     }
 
     #[test]
-    fn accelerator_detection() {
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(kvm_only(&a(&["-enable-kvm"])));
-        assert!(kvm_only(&a(&["-accel", "kvm"])));
-        assert!(kvm_only(&a(&["-accel", "accel=kvm,kernel-irqchip=on"])));
-        assert!(kvm_only(&a(&["-machine", "q35,accel=kvm"])));
-        assert!(!kvm_only(&a(&["-machine", "q35,accel=kvm:tcg"])));
-        assert!(!kvm_only(&a(&["-accel", "tcg"])));
-        assert!(!kvm_only(&a(&["-enable-kvm", "-accel", "tcg"])));
-        assert!(!kvm_only(&a(&["-S"])), "QEMU defaults to TCG");
-    }
-
-    #[test]
-    fn inet_detection() {
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let none = inet_use(&a(&[
-            "-chardev",
-            "socket,id=qmp.0,server=on,wait=off,path=/run/machina/vm1/qmp/systemd.0.qmp.socket",
-        ]));
-        assert!(!none.inet);
-        let agent = inet_use(&a(&[
-            "-chardev",
-            "socket,id=guestagent,host=127.0.0.1,port=49000,server=on,wait=off",
-        ]));
+    fn needs_size_the_sandbox() {
+        use crate::plan::{Listener, Service};
+        let mut p = plan(&[]);
+        p.needs = HostNeeds::new(Accelerator::Tcg);
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
+        assert!(lines(&u, "MemoryDenyWriteExecute").is_empty());
+        assert!(lines(&u, "DeviceAllow").is_empty(), "TCG needs no /dev/kvm");
+        p.needs.listeners.push(Listener {
+            service: Service::Spice,
+            address: "0.0.0.0".parse().unwrap(),
+            port: 59000,
+        });
+        let u = render(&p, &UnitOptions::new(&p)).unwrap();
         assert_eq!(
-            agent,
-            InetUse {
-                inet: true,
-                loopback_only: true
-            }
+            lines(&u, "RestrictAddressFamilies"),
+            ["AF_UNIX AF_NETLINK AF_INET AF_INET6"]
         );
-        let spice = inet_use(&a(&["-spice", "port=59000,addr=0.0.0.0"]));
-        assert_eq!(
-            spice,
-            InetUse {
-                inet: true,
-                loopback_only: false
-            }
-        );
-        let vnc = inet_use(&a(&["-vnc", "127.0.0.1:0"]));
-        assert_eq!(
-            vnc,
-            InetUse {
-                inet: true,
-                loopback_only: true
-            }
-        );
-        let vnc_any = inet_use(&a(&["-vnc", ":0"]));
-        assert_eq!(
-            vnc_any,
-            InetUse {
-                inet: true,
-                loopback_only: false
-            }
-        );
+        assert!(lines(&u, "IPAddressDeny").is_empty(), "{u}");
     }
 
     #[test]

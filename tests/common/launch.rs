@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use machina::config::schema::Accelerator;
 use machina::names::{InterfaceName, MachineName};
-use machina::plan::{Access, Grant, Plan, QemuExec, Tap, PLAN_VERSION};
+use machina::plan::{Access, DeviceNode, Grant, HostNeeds, Plan, QemuExec, Tap, PLAN_VERSION};
 
 use super::netns::{unique, NetNs};
 
@@ -205,6 +206,13 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
     ]);
+    let mut needs = HostNeeds::new(Accelerator::Kvm);
+    if !taps.is_empty() {
+        needs.add_device(DeviceNode::Tun);
+    }
+    if taps.iter().any(|t| !t.vhost_fds.is_empty()) {
+        needs.add_device(DeviceNode::VhostNet);
+    }
     Plan {
         version: PLAN_VERSION,
         machine: MachineName::new(name).unwrap(),
@@ -214,7 +222,8 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         taps,
         mdevs: vec![],
         grants,
-        memlock: None,
+        needs,
+        limits: Default::default(),
         network_isolation: false,
         qemu: QemuExec {
             binary: qemu.to_owned(),
