@@ -78,13 +78,18 @@ struct UnderPty {
 impl UnderPty {
     fn start(s: &Setup, ns: &NetNs, extra: &[&str]) -> UnderPty {
         let cmd = run_command(s, ns, extra);
-        // `script` runs the command with a new pty as its terminal.
+        // `script` runs the command with a new pty as its terminal, through
+        // `$SHELL -c`. `exec` makes `machina run` the shell's replacement:
+        // a shell left waiting (dash does not exec a lone command) is in the
+        // terminal's foreground group, dies of the typed Ctrl-C, and its
+        // status becomes script's.
         let line: Vec<String> = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|a| shell_quote(&a.to_string_lossy()))
             .collect();
         let mut script = Command::new("script")
-            .args(["-qfec", &line.join(" "), "/dev/null"])
+            .env("SHELL", "/bin/sh")
+            .args(["-qfec", &format!("exec {}", line.join(" ")), "/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -217,6 +222,11 @@ fn under_a_terminal_qemu_gets_none_and_sigterm_shuts_down_in_order() {
             fd_target(qemu, fd)
         );
     }
+    assert_eq!(
+        parent_of(runner),
+        run.script.id() as i32,
+        "`machina run` is script's own child (no shell in between)"
+    );
     assert_ne!(sid(qemu), sid(runner));
     assert_eq!(sid(qemu), Pid::from_raw(qemu), "QEMU's session is its own");
 
