@@ -18,6 +18,7 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,7 +31,9 @@ pub const BIN_MOUNT: &str = "/opt/machina";
 
 const NSPAWN: &str = "/usr/bin/systemd-nspawn";
 const NSENTER: &str = "/usr/bin/nsenter";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Generous: several containers boot at once in the suite, and other work
+/// loads the host (a boot took over 60 s with both cores busy).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -41,6 +44,7 @@ pub struct Container {
     pid: u32,
     log: PathBuf,
     preset: PathBuf,
+    notify: PathBuf,
 }
 
 /// What is missing for [`Container::boot`], or `None` if nothing is.
@@ -48,12 +52,7 @@ pub fn missing_prerequisite() -> Option<String> {
     if !super::is_root() {
         return Some("not running as root".into());
     }
-    for p in [
-        NSPAWN,
-        NSENTER,
-        "/usr/bin/timeout",
-        "/usr/lib/systemd/systemd",
-    ] {
+    for p in [NSPAWN, NSENTER, "/usr/lib/systemd/systemd"] {
         if !Path::new(p).exists() {
             return Some(format!(
                 "{p} is missing (apt-get install systemd-container)"
@@ -130,7 +129,7 @@ impl Container {
         let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
         // A first boot enables, by preset, every service installed on the
         // host (databases, web consoles, wait-online units): under load they
-        // hold `is-system-running` for minutes. The tests need systemd and
+        // hold the start-up (READY=1) for minutes. The tests need systemd and
         // D-Bus only, so everything else stays disabled.
         let preset = std::env::temp_dir().join(format!("machina-{name}.preset"));
         std::fs::write(
@@ -145,7 +144,16 @@ impl Container {
         bind.push(bin_dir.as_os_str());
         bind.push(":");
         bind.push(BIN_MOUNT);
+        // nspawn reports on this socket (sd_notify): the leader's pid, then
+        // READY=1 once the container's systemd finished starting up
+        // (`--notify-ready=yes`) — the event `is-system-running --wait`
+        // polls for.
+        let notify_path = std::env::temp_dir().join(format!("machina-{name}.notify"));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path)
+            .map_err(|e| format!("{}: {e}", notify_path.display()))?;
         let nspawn = Command::new(NSPAWN)
+            .env("NOTIFY_SOCKET", &notify_path)
             // Only the unified hierarchy together with the BPF syscall filter
             // makes DeviceAllow= enforced inside the container.
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
@@ -156,7 +164,7 @@ impl Container {
             .arg("-b")
             // No D-Bus on the host: neither registration nor a scope unit.
             .args(["--register=no", "--keep-unit", "--private-network"])
-            .args(["--console=read-only", "-M", &name])
+            .args(["--console=read-only", "--notify-ready=yes", "-M", &name])
             .args(["--bind=/dev/kvm", "--bind=/dev/net/tun"])
             .arg("--system-call-filter=bpf")
             .arg(&bind)
@@ -170,7 +178,7 @@ impl Container {
             // can wait for it: masked from the start, network-online.target
             // (wanted by machina's units, and by cockpit-motd.service when
             // Cockpit is installed on the host) is reached at once instead
-            // of holding `is-system-running --wait` for wait-online's 2 min.
+            // of holding the start-up for wait-online's 2 min.
             .args([
                 "--",
                 "systemd.firstboot=off",
@@ -188,60 +196,73 @@ impl Container {
             pid: 0,
             log,
             preset,
+            notify: notify_path,
         };
         let t0 = Instant::now();
-        c.pid = c.wait_for_init()?;
-        let t1 = t0.elapsed();
-        // Generous: several containers boot at once in the suite, and other
-        // work loads the host (a boot took over 60 s with both cores busy).
-        let out = c.exec(&[
-            "/usr/bin/timeout",
-            "300",
-            "systemctl",
-            "is-system-running",
-            "--wait",
-        ]);
-        let mut state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.code() == Some(124) {
-            state = format!("{state} (still booting after 300 s)");
-        }
+        c.pid = c.wait_ready(&notify)?;
         // "degraded" (some unrelated unit failed in the minimal boot) is
         // still a working systemd.
+        let out = c.exec(&["systemctl", "is-system-running"]);
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if state != "running" && state != "degraded" {
             return Err(format!(
-                "system state is {state:?}, not running; {}",
+                "system state is {state:?} after start-up, not running; {}",
                 c.log_tail()
             ));
         }
-        eprintln!(
-            "nspawn {}: init after {t1:?}, running after {:?}",
-            c.name,
-            t0.elapsed()
-        );
+        eprintln!("nspawn {}: running after {:?}", c.name, t0.elapsed());
         Ok(c)
     }
 
-    /// Finds the container's PID 1 (the `systemd` child of nspawn) and
-    /// waits for its private socket.
-    fn wait_for_init(&mut self) -> Result<u32, String> {
-        let start = Instant::now();
-        let nspawn_pid = self.nspawn.id();
+    /// Waits for nspawn's READY=1 (the container's systemd finished
+    /// starting up) and returns the container's PID 1 as nspawn reported
+    /// it. Fails when nspawn exits first or after [`BOOT_TIMEOUT`].
+    fn wait_ready(&mut self, notify: &UnixDatagram) -> Result<u32, String> {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut pid = None;
+        let mut buf = [0u8; 4096];
         loop {
-            if let Ok(Some(status)) = self.nspawn.try_wait() {
-                return Err(format!("nspawn exited ({status}); {}", self.log_tail()));
-            }
-            if let Some(pid) = child_named(nspawn_pid, "systemd") {
-                if Path::new(&format!("/proc/{pid}/root/run/systemd/private")).exists() {
-                    return Ok(pid);
-                }
-            }
-            if start.elapsed() > BOOT_TIMEOUT {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(format!(
-                    "no systemd after {BOOT_TIMEOUT:?}; {}",
+                    "systemd still starting after {BOOT_TIMEOUT:?}; {}",
                     self.log_tail()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Short reads so that nspawn dying is noticed (it sends nothing
+            // then).
+            let _ = notify.set_read_timeout(Some(left.min(Duration::from_secs(1))));
+            match notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]);
+                    for line in msg.lines() {
+                        if let Some(p) = line.strip_prefix("X_NSPAWN_LEADER_PID=") {
+                            pid = p.parse().ok();
+                        }
+                        if line == "READY=1" {
+                            return pid.ok_or_else(|| {
+                                format!(
+                                    "nspawn said READY=1 but not its leader's pid; {}",
+                                    self.log_tail()
+                                )
+                            });
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if let Ok(Some(status)) = self.nspawn.try_wait() {
+                        return Err(format!("nspawn exited ({status}); {}", self.log_tail()));
+                    }
+                }
+                Err(e) => return Err(format!("nspawn notify socket: {e}")),
+            }
         }
     }
 
@@ -367,21 +388,8 @@ impl Drop for Container {
         // Failures already carry the log's tail or the unit's journal.
         let _ = std::fs::remove_file(&self.log);
         let _ = std::fs::remove_file(&self.preset);
+        let _ = std::fs::remove_file(&self.notify);
     }
-}
-
-/// The first child of `parent` whose `comm` is `name`.
-fn child_named(parent: u32, name: &str) -> Option<u32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|c| c.parse::<u32>().ok())
-        .find(|c| {
-            std::fs::read_to_string(format!("/proc/{c}/comm"))
-                .map(|s| s.trim() == name)
-                .unwrap_or(false)
-        })
 }
 
 /// Where [`debian_root`] keeps its cached root.
