@@ -220,6 +220,14 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
 
 /// A VM with a TPM whose state directory is `pool/state.tpm-data`.
 fn tpm_setup(qemu: &Path) -> (Setup, std::path::PathBuf) {
+    tpm_setup_with(qemu, |_, _| {})
+}
+
+/// As [`tpm_setup`], with the host and machine JSON then adjusted by `f`.
+fn tpm_setup_with(
+    qemu: &Path,
+    f: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) -> (Setup, std::path::PathBuf) {
     let mut pool = None;
     let s = Setup::with(qemu, |host, m| {
         let p = std::path::PathBuf::from(host["storage"]["disks"]["path"].as_str().unwrap())
@@ -227,6 +235,7 @@ fn tpm_setup(qemu: &Path) -> (Setup, std::path::PathBuf) {
         host["storage"]["tpm"] = serde_json::json!({"path": p, "type": "tpm-data"});
         pool = Some(p);
         m["attrs"] = serde_json::json!({"tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}});
+        f(host, m);
     });
     let pool = pool.unwrap();
     std::fs::create_dir_all(&pool).unwrap();
@@ -352,9 +361,37 @@ fn state_left_root_owned_by_the_go_program_is_handed_to_the_vm() {
     let _ = swtpm.wait();
 }
 
+/// The TPM as `status --json` and `inspect --json` report it (`tpm` and
+/// `tpm.state`), checked against the plan; `pid` is the running swtpm's.
+fn assert_tpm_json(tpm: &serde_json::Value, plan: &machina::plan::Plan, pid: Option<u32>) {
+    let t = plan.tpm.as_ref().unwrap();
+    assert_eq!(tpm["running"], pid.is_some(), "{tpm:#}");
+    assert_eq!(
+        tpm["pids"],
+        serde_json::json!(pid.into_iter().collect::<Vec<_>>()),
+        "{tpm:#}"
+    );
+    assert_eq!(tpm["uid"], plan.uid, "{tpm:#}");
+    assert_eq!(tpm["state-dir"], t.data_dir.to_str().unwrap(), "{tpm:#}");
+    assert_eq!(tpm["socket"], t.socket.to_str().unwrap(), "{tpm:#}");
+    // Without systemd (here, under `machina run`) the unit is null; with
+    // it, the unit is named (and unknown to this systemd).
+    let unit = &tpm["unit"];
+    assert!(
+        unit.is_null() || unit["name"] == format!("machina-swtpm-{}.service", plan.machine),
+        "{tpm:#}"
+    );
+}
+
+/// `machina run` of a TPM VM whose bootable volume holds the test guest
+/// (no kernel in the plan: SeaBIOS boots the disk): swtpm runs as the VM's
+/// uid with nothing, the guest sees a TPM 2.0 (read from its serial
+/// console), QEMU reports `tpm-crb` on the emulator; `status` and
+/// `inspect`, text and JSON, show the TPM; SIGTERM shuts the guest down
+/// and swtpm ends with it.
 #[test]
-fn machina_run_starts_and_stops_swtpm() {
-    let test = "machina_run_starts_and_stops_swtpm";
+fn guest_boots_from_its_volume_with_a_tpm_under_machina_run() {
+    let test = "guest_boots_from_its_volume_with_a_tpm_under_machina_run";
     let Some(qemu) = common::privileged(test) else {
         return;
     };
@@ -365,7 +402,25 @@ fn machina_run_starts_and_stops_swtpm() {
         );
         return;
     }
-    let (s, _pool) = tpm_setup(&qemu);
+    let Some(image) = common::guest::guest_image(test) else {
+        return;
+    };
+    let (s, _pool) = tpm_setup_with(&qemu, |host, m| {
+        host["qemu"]["accelerator"] = "tcg".into();
+        m["attrs"]["memory"] = serde_json::json!({"ram": 256});
+        m["attrs"]["console"] = serde_json::json!({"enabled": true});
+    });
+    let disk = s.dir.join(format!("pool/{}-os.raw", s.vm));
+    if !common::bootdisk::write_boot_disk(test, &image, &disk) {
+        return;
+    }
+    let plan =
+        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    assert!(
+        !plan.qemu.args.iter().any(|a| a == "-kernel"),
+        "the guest boots from its volume"
+    );
+    let uid = plan.uid;
     let ns = NetNs::new(true);
     let mut run = ns
         .command(common::bin("machina").to_str().unwrap())
@@ -373,7 +428,7 @@ fn machina_run_starts_and_stops_swtpm() {
         .arg(s.dir.join("config"))
         .arg("--plan-dir")
         .arg(s.dir.join("root/etc/machina/launch"))
-        .args(["run", "--timeout", "1s", &s.vm])
+        .args(["run", "--timeout", "60s", &s.vm])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -400,49 +455,92 @@ fn machina_run_starts_and_stops_swtpm() {
         "{seen:#?} {:#?}",
         errs.join()
     );
-    let plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap_or_default())
-            .ok();
-    // run builds its plan itself: the VM's uid is the one gen chose.
-    let uid = plan.map(|p| p.uid).unwrap();
+    let outs = std::thread::spawn(move || out.map_while(Result::ok).collect::<Vec<_>>());
+
+    // The guest's serial console, through `machina console --log`.
+    let console_log = || {
+        let out = s.machina(&["console", "--log", &s.vm]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let log = loop {
+        let log = console_log();
+        if log.contains(common::guest::READY_MARKER) {
+            break log;
+        }
+        if let Ok(Some(st)) = run.try_wait() {
+            panic!("machina run ended ({st}): {log}\n{:#?}", errs.join());
+        }
+        assert!(Instant::now() < deadline, "guest not ready:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("SYSLINUX"), "booted by SYSLINUX:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(common::guest::TPM_MARKER))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.trim().ends_with(" 2"), "guest TPM: {line}");
+
+    // swtpm: one process as the VM's uid, with nothing.
     let swtpm = swtpm_pids(uid);
-    let cmdlines: Vec<String> = swtpm
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .unwrap_or_default()
-                .replace('\0', " ")
-        })
-        .collect();
-    assert_eq!(swtpm.len(), 1, "one swtpm as uid {uid}: {cmdlines:?}");
+    assert_eq!(swtpm.len(), 1, "one swtpm as uid {uid}");
     let pid = swtpm[0];
     for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
+    assert!(q.contains("tpm-crb") && q.contains("emulator"), "{q}");
+
+    // status and inspect, text and JSON.
+    let data = plan.tpm.as_ref().unwrap().data_dir.display().to_string();
     let st = s.machina(&["status", &s.vm]);
     let st = String::from_utf8_lossy(&st.stdout).into_owned();
     assert!(
-        st.contains("  tpm: ") && st.contains(&format!("swtpm pid {pid} (uid {uid})")),
+        st.contains("  tpm: ")
+            && st.contains(&format!("swtpm pid {pid} (uid {uid}); state {data}")),
         "{st}"
     );
-    let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
-    assert!(q.contains("tpm-crb") && q.contains("emulator"), "{q}");
+    let status_json = || -> serde_json::Value {
+        let out = s.machina(&["status", "--json", &s.vm]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_tpm_json(&status_json()["machines"][0]["tpm"], &plan, Some(pid));
+    let out = s.machina(&["inspect", "--json", &s.vm]);
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/inspect.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&inspected)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{inspected:#}");
+    assert_eq!(inspected[0]["tpm"]["data-dir"], data.as_str());
+    assert_tpm_json(&inspected[0]["tpm"]["state"], &plan, Some(pid));
+
+    // SIGTERM: the power button; the guest powers off, swtpm ends with QEMU.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let st = run.wait().unwrap();
-    out.for_each(drop);
+    let outs = outs.join().unwrap();
     let errs = errs.join().unwrap();
-    assert!(st.code().is_some(), "{st}");
+    assert!(st.success(), "{st}: {outs:#?} {errs:#?}");
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "swtpm outlived machina run: {errs:#?}"
     );
     let lock = Path::new(machina::plan::LOCK_DIR).join(format!("swtpm.{}", s.vm));
     assert!(!lock.exists(), "the swtpm lock is left: {errs:#?}");
+    assert_tpm_json(&status_json()["machines"][0]["tpm"], &plan, None);
 }
 
 /// Pids of processes named swtpm running as `uid`.

@@ -6,6 +6,7 @@
 //! `MACHINA_REQUIRE_PRIVILEGED=1` (set in CI) a skip is a failure.
 #![allow(dead_code)]
 
+pub mod bootdisk;
 pub mod guest;
 pub mod nspawn;
 pub mod qemu;
