@@ -188,3 +188,57 @@ pub fn purge(plan_dir: &Path, vm: &MachineName) -> Result<Option<String>, String
         .map_err(|e| format!("{vm}: --purge-tpm: {e}"))?;
     Ok(Some(data.display().to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(unit: Option<TpmUnit>, pids: Vec<u32>) -> TpmState {
+        TpmState {
+            running: !pids.is_empty(),
+            pids,
+            uid: 200123,
+            unit,
+            state_dir: "/var/lib/machina/tpm/w11.tpm-data".into(),
+            socket: "/run/machina/w11/swtpm/control.socket".into(),
+        }
+    }
+
+    fn unit(load: &str, active: &str, sub: &str) -> Option<TpmUnit> {
+        Some(TpmUnit {
+            name: "machina-swtpm-w11.service".into(),
+            load_state: load.into(),
+            active_state: active.into(),
+            sub_state: sub.into(),
+        })
+    }
+
+    #[test]
+    fn the_status_line_names_unit_process_and_state_directory() {
+        assert_eq!(
+            state(unit("loaded", "active", "running"), vec![812]).line(),
+            "machina-swtpm-w11.service (loaded, active/running); swtpm pid 812 (uid 200123); \
+             state /var/lib/machina/tpm/w11.tpm-data"
+        );
+        assert_eq!(
+            state(None, vec![]).line(),
+            "swtpm not running; state /var/lib/machina/tpm/w11.tpm-data"
+        );
+        assert!(state(unit("", "", ""), vec![])
+            .line()
+            .starts_with("machina-swtpm-w11.service (state unknown); swtpm not running"));
+    }
+
+    #[test]
+    fn the_json_form_is_kebab_case_with_a_null_unit_without_systemd() {
+        let v = serde_json::to_value(state(None, vec![812])).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "running": true, "pids": [812], "uid": 200123, "unit": null,
+                "state-dir": "/var/lib/machina/tpm/w11.tpm-data",
+                "socket": "/run/machina/w11/swtpm/control.socket",
+            })
+        );
+    }
+}
