@@ -58,70 +58,38 @@ fn connect_as(uid: u32, socket: &Path) -> std::io::Result<()> {
     c.status().map(drop)
 }
 
+/// A TPM VM (TCG, 256 MiB, `attrs.console`) whose bootable volume holds
+/// the test guest; `None` after a SKIP.
+fn tpm_guest_setup(test: &str, qemu: &Path) -> Option<Setup> {
+    let image = common::guest::guest_image(test)?;
+    let (s, _pool) = tpm_setup_with(qemu, |host, m| {
+        host["qemu"]["accelerator"] = "tcg".into();
+        m["attrs"]["memory"] = serde_json::json!({"ram": 256});
+        m["attrs"]["console"] = serde_json::json!({"enabled": true});
+    });
+    let disk = s.dir.join(format!("pool/{}-os.raw", s.vm));
+    common::bootdisk::write_boot_disk(test, &image, &disk).then_some(s)
+}
+
 #[test]
 fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
     let test = "guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid";
-    let Some(qemu) = common::privileged(test) else {
+    let Some(qemu) = common::privileged_with_swtpm(test) else {
         return;
     };
-    if !std::path::Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            test,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
-        return;
-    }
-    let Some(image) = common::guest::guest_image(test) else {
+    let Some(s) = tpm_guest_setup(test, &qemu) else {
         return;
     };
-    let mut pool = None;
-    let s = Setup::with(&qemu, |host, m| {
-        host["qemu"]["accelerator"] = "tcg".into();
-        host["tag"]["small"]["attrs"]["memory"]["ram"] = 256.into();
-        let p = std::path::PathBuf::from(host["storage"]["disks"]["path"].as_str().unwrap())
-            .with_file_name("tpm");
-        host["storage"]["tpm"] = serde_json::json!({"path": p, "type": "tpm-data"});
-        pool = Some(p);
-        m["attrs"] = serde_json::json!({"tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}});
-    });
-    let pool = pool.unwrap();
-    std::fs::create_dir_all(&pool).unwrap();
     let ns = NetNs::new(true);
-    let out = s.machina(&["gen", "--root", s.dir.join("root").to_str().unwrap(), &s.vm]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let unit = std::fs::read_to_string(s.dir.join(format!(
         "root/etc/systemd/system/machina-swtpm-{}.service",
         s.vm
     )))
     .unwrap();
     assert!(unit.contains("--swtpm"), "{unit}");
-    let mut plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let plan = s.plan();
     let tpm = plan.tpm.clone().expect("plan has a TPM");
     let console = plan.runtime_dir().join("console.log");
-    plan.qemu.args.extend([
-        "-kernel".into(),
-        image.kernel.display().to_string(),
-        "-initrd".into(),
-        image.initrd.display().to_string(),
-        "-append".into(),
-        image.append.clone(),
-        "-serial".into(),
-        format!("file:{}", console.display()),
-        "-no-reboot".into(),
-    ]);
-    for p in [&image.kernel, &image.initrd] {
-        plan.grants.push(machina::plan::Grant {
-            path: p.clone(),
-            access: machina::plan::Access::ReadOnly,
-            shared: true,
-        });
-    }
-    std::fs::write(s.plan_path(), plan.to_json()).unwrap();
 
     let ek = |run: u32| -> Vec<u8> {
         // swtpm: its step returns once the socket listens and swtpm runs.
@@ -137,26 +105,12 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
             .unwrap();
         let served = wait_served(&mut swtpm);
         assert_eq!(served.contains("swtpm_setup ran"), run == 1, "{served}");
-        let stderr = s.dir.join(format!("qemu-{run}.err"));
-        let child = ns
-            .command(common::bin("machina-launch").to_str().unwrap())
-            .arg("--plan")
-            .arg(s.plan_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut q = l::Qemu { child, stderr };
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let (_, mut q) = s.launch_with(&ns, |_| {});
+        let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             let log = std::fs::read_to_string(&console).unwrap_or_default();
             if log.contains(common::guest::READY_MARKER) {
-                let line = log
-                    .lines()
-                    .find(|l| l.contains(common::guest::TPM_MARKER))
-                    .unwrap_or_else(|| panic!("{log}"));
-                assert!(line.trim().ends_with(" 2"), "guest TPM: {line}");
+                assert_eq!(common::guest::tpm_version(&log), "2", "guest TPM");
                 break;
             }
             if let Ok(Some(st)) = q.child.try_wait() {
@@ -269,8 +223,7 @@ fn missing_swtpm_is_one_line_naming_the_packages() {
         return;
     };
     let (s, pool) = tpm_setup(&qemu);
-    let mut plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let mut plan = s.plan();
     plan.tpm.as_mut().unwrap().swtpm = s.dir.join("no-such-dir/swtpm");
     std::fs::write(s.plan_path(), plan.to_json()).unwrap();
     let (code, err) = swtpm_step(&s);
@@ -310,19 +263,11 @@ fn a_state_directory_that_is_a_symlink_is_refused() {
 #[test]
 fn state_left_root_owned_by_the_go_program_is_handed_to_the_vm() {
     let test = "state_left_root_owned_by_the_go_program_is_handed_to_the_vm";
-    let Some(qemu) = common::privileged(test) else {
+    let Some(qemu) = common::privileged_with_swtpm(test) else {
         return;
     };
-    if !Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            test,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
-        return;
-    }
     let (s, pool) = tpm_setup(&qemu);
-    let plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let plan = s.plan();
     // What Go's root swtpm left: root-owned state and CA files, plus a
     // hard link that must not be followed into a chown.
     let data = pool.join("state.tpm-data");
@@ -392,30 +337,13 @@ fn assert_tpm_json(tpm: &serde_json::Value, plan: &machina::plan::Plan, pid: Opt
 #[test]
 fn guest_boots_from_its_volume_with_a_tpm_under_machina_run() {
     let test = "guest_boots_from_its_volume_with_a_tpm_under_machina_run";
-    let Some(qemu) = common::privileged(test) else {
+    let Some(qemu) = common::privileged_with_swtpm(test) else {
         return;
     };
-    if !Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            test,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
-        return;
-    }
-    let Some(image) = common::guest::guest_image(test) else {
+    let Some(s) = tpm_guest_setup(test, &qemu) else {
         return;
     };
-    let (s, _pool) = tpm_setup_with(&qemu, |host, m| {
-        host["qemu"]["accelerator"] = "tcg".into();
-        m["attrs"]["memory"] = serde_json::json!({"ram": 256});
-        m["attrs"]["console"] = serde_json::json!({"enabled": true});
-    });
-    let disk = s.dir.join(format!("pool/{}-os.raw", s.vm));
-    if !common::bootdisk::write_boot_disk(test, &image, &disk) {
-        return;
-    }
-    let plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let plan = s.plan();
     assert!(
         !plan.qemu.args.iter().any(|a| a == "-kernel"),
         "the guest boots from its volume"
@@ -475,11 +403,7 @@ fn guest_boots_from_its_volume_with_a_tpm_under_machina_run() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(log.contains("SYSLINUX"), "booted by SYSLINUX:\n{log}");
-    let line = log
-        .lines()
-        .find(|l| l.contains(common::guest::TPM_MARKER))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(line.trim().ends_with(" 2"), "guest TPM: {line}");
+    assert_eq!(common::guest::tpm_version(&log), "2", "guest TPM");
 
     // swtpm: one process as the VM's uid, with nothing.
     let swtpm = swtpm_pids(uid);
@@ -508,19 +432,7 @@ fn guest_boots_from_its_volume_with_a_tpm_under_machina_run() {
     assert_tpm_json(&status_json()["machines"][0]["tpm"], &plan, Some(pid));
     let out = s.machina(&["inspect", "--json", &s.vm]);
     let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/inspect.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(&inspected)
-        .map(|e| e.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}\n{inspected:#}");
+    common::assert_valid_inspection(&inspected);
     assert_eq!(inspected[0]["tpm"]["data-dir"], data.as_str());
     assert_tpm_json(&inspected[0]["tpm"]["state"], &plan, Some(pid));
 
