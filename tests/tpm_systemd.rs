@@ -186,13 +186,8 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
         );
         // status and inspect: the same TPM state, with the unit's.
         let tpm_status = || -> serde_json::Value {
-            let s: serde_json::Value = serde_json::from_str(&c.exec_ok(&[
-                &format!("{BIN_MOUNT}/machina"),
-                "status",
-                "--json",
-                &vm,
-            ]))
-            .unwrap();
+            let s: serde_json::Value =
+                serde_json::from_str(&c.machina(&["status", "--json", &vm])).unwrap();
             s["machines"][0]["tpm"].clone()
         };
         let t = tpm_status();
@@ -204,13 +199,8 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
         assert_eq!(t["unit"]["name"], swtpm_name.as_str(), "{t:#}");
         assert_eq!(t["unit"]["active-state"], "active", "{t:#}");
         assert_eq!(t["unit"]["sub-state"], "running", "{t:#}");
-        let i: serde_json::Value = serde_json::from_str(&c.exec_ok(&[
-            &format!("{BIN_MOUNT}/machina"),
-            "inspect",
-            "--json",
-            &vm,
-        ]))
-        .unwrap();
+        let i: serde_json::Value =
+            serde_json::from_str(&c.machina(&["inspect", "--json", &vm])).unwrap();
         assert_eq!(i[0]["tpm"]["state"], t, "{i:#}");
         let journal = c.journal(&swtpm_name);
         let served: Vec<&str> = journal

@@ -85,20 +85,16 @@ impl TpmState {
         let tpm = plan.tpm.as_ref()?;
         let unit = control::systemd_running().then(|| {
             let name = swtpm_unit::swtpm_unit_name(vm);
+            // Empty states when systemd did not answer.
             let status = control::unit_status(std::slice::from_ref(&name))
                 .ok()
-                .and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)));
+                .and_then(|s| s.into_iter().next())
+                .unwrap_or_default();
             TpmUnit {
-                load_state: status
-                    .as_ref()
-                    .map(|s| s.load_state.clone())
-                    .unwrap_or_default(),
-                active_state: status
-                    .as_ref()
-                    .map(|s| s.active_state.clone())
-                    .unwrap_or_default(),
-                sub_state: status.map(|s| s.sub_state).unwrap_or_default(),
                 name,
+                load_state: status.load_state,
+                active_state: status.active_state,
+                sub_state: status.sub_state,
             }
         });
         let pids = swtpm_pids(plan.uid);
