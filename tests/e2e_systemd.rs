@@ -242,19 +242,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         &vm,
     ]))
     .unwrap();
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/inspect.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(&inspected)
-        .map(|e| e.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}\n{inspected:#}");
+    common::assert_valid_inspection(&inspected);
     let i = &inspected[0];
     assert_eq!(i["name"], vm.as_str());
     assert_eq!(i["uuid"], plan.uuid.to_string());

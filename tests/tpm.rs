@@ -58,70 +58,38 @@ fn connect_as(uid: u32, socket: &Path) -> std::io::Result<()> {
     c.status().map(drop)
 }
 
+/// A TPM VM (TCG, 256 MiB, `attrs.console`) whose bootable volume holds
+/// the test guest; `None` after a SKIP.
+fn tpm_guest_setup(test: &str, qemu: &Path) -> Option<Setup> {
+    let image = common::guest::guest_image(test)?;
+    let (s, _pool) = tpm_setup_with(qemu, |host, m| {
+        host["qemu"]["accelerator"] = "tcg".into();
+        m["attrs"]["memory"] = serde_json::json!({"ram": 256});
+        m["attrs"]["console"] = serde_json::json!({"enabled": true});
+    });
+    let disk = s.dir.join(format!("pool/{}-os.raw", s.vm));
+    common::bootdisk::write_boot_disk(test, &image, &disk).then_some(s)
+}
+
 #[test]
 fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
     let test = "guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid";
-    let Some(qemu) = common::privileged(test) else {
+    let Some(qemu) = common::privileged_with_swtpm(test) else {
         return;
     };
-    if !std::path::Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            test,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
-        return;
-    }
-    let Some(image) = common::guest::guest_image(test) else {
+    let Some(s) = tpm_guest_setup(test, &qemu) else {
         return;
     };
-    let mut pool = None;
-    let s = Setup::with(&qemu, |host, m| {
-        host["qemu"]["accelerator"] = "tcg".into();
-        host["tag"]["small"]["attrs"]["memory"]["ram"] = 256.into();
-        let p = std::path::PathBuf::from(host["storage"]["disks"]["path"].as_str().unwrap())
-            .with_file_name("tpm");
-        host["storage"]["tpm"] = serde_json::json!({"path": p, "type": "tpm-data"});
-        pool = Some(p);
-        m["attrs"] = serde_json::json!({"tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}});
-    });
-    let pool = pool.unwrap();
-    std::fs::create_dir_all(&pool).unwrap();
     let ns = NetNs::new(true);
-    let out = s.machina(&["gen", "--root", s.dir.join("root").to_str().unwrap(), &s.vm]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let unit = std::fs::read_to_string(s.dir.join(format!(
         "root/etc/systemd/system/machina-swtpm-{}.service",
         s.vm
     )))
     .unwrap();
     assert!(unit.contains("--swtpm"), "{unit}");
-    let mut plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let plan = s.plan();
     let tpm = plan.tpm.clone().expect("plan has a TPM");
     let console = plan.runtime_dir().join("console.log");
-    plan.qemu.args.extend([
-        "-kernel".into(),
-        image.kernel.display().to_string(),
-        "-initrd".into(),
-        image.initrd.display().to_string(),
-        "-append".into(),
-        image.append.clone(),
-        "-serial".into(),
-        format!("file:{}", console.display()),
-        "-no-reboot".into(),
-    ]);
-    for p in [&image.kernel, &image.initrd] {
-        plan.grants.push(machina::plan::Grant {
-            path: p.clone(),
-            access: machina::plan::Access::ReadOnly,
-            shared: true,
-        });
-    }
-    std::fs::write(s.plan_path(), plan.to_json()).unwrap();
 
     let ek = |run: u32| -> Vec<u8> {
         // swtpm: its step returns once the socket listens and swtpm runs.
@@ -137,26 +105,12 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
             .unwrap();
         let served = wait_served(&mut swtpm);
         assert_eq!(served.contains("swtpm_setup ran"), run == 1, "{served}");
-        let stderr = s.dir.join(format!("qemu-{run}.err"));
-        let child = ns
-            .command(common::bin("machina-launch").to_str().unwrap())
-            .arg("--plan")
-            .arg(s.plan_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut q = l::Qemu { child, stderr };
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let (_, mut q) = s.launch_with(&ns, |_| {});
+        let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             let log = std::fs::read_to_string(&console).unwrap_or_default();
             if log.contains(common::guest::READY_MARKER) {
-                let line = log
-                    .lines()
-                    .find(|l| l.contains(common::guest::TPM_MARKER))
-                    .unwrap_or_else(|| panic!("{log}"));
-                assert!(line.trim().ends_with(" 2"), "guest TPM: {line}");
+                assert_eq!(common::guest::tpm_version(&log), "2", "guest TPM");
                 break;
             }
             if let Ok(Some(st)) = q.child.try_wait() {
@@ -220,6 +174,14 @@ fn guest_sees_a_tpm2_served_by_swtpm_as_the_vm_uid() {
 
 /// A VM with a TPM whose state directory is `pool/state.tpm-data`.
 fn tpm_setup(qemu: &Path) -> (Setup, std::path::PathBuf) {
+    tpm_setup_with(qemu, |_, _| {})
+}
+
+/// As [`tpm_setup`], with the host and machine JSON then adjusted by `f`.
+fn tpm_setup_with(
+    qemu: &Path,
+    f: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) -> (Setup, std::path::PathBuf) {
     let mut pool = None;
     let s = Setup::with(qemu, |host, m| {
         let p = std::path::PathBuf::from(host["storage"]["disks"]["path"].as_str().unwrap())
@@ -227,6 +189,7 @@ fn tpm_setup(qemu: &Path) -> (Setup, std::path::PathBuf) {
         host["storage"]["tpm"] = serde_json::json!({"path": p, "type": "tpm-data"});
         pool = Some(p);
         m["attrs"] = serde_json::json!({"tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}});
+        f(host, m);
     });
     let pool = pool.unwrap();
     std::fs::create_dir_all(&pool).unwrap();
@@ -260,8 +223,7 @@ fn missing_swtpm_is_one_line_naming_the_packages() {
         return;
     };
     let (s, pool) = tpm_setup(&qemu);
-    let mut plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let mut plan = s.plan();
     plan.tpm.as_mut().unwrap().swtpm = s.dir.join("no-such-dir/swtpm");
     std::fs::write(s.plan_path(), plan.to_json()).unwrap();
     let (code, err) = swtpm_step(&s);
@@ -301,19 +263,11 @@ fn a_state_directory_that_is_a_symlink_is_refused() {
 #[test]
 fn state_left_root_owned_by_the_go_program_is_handed_to_the_vm() {
     let test = "state_left_root_owned_by_the_go_program_is_handed_to_the_vm";
-    let Some(qemu) = common::privileged(test) else {
+    let Some(qemu) = common::privileged_with_swtpm(test) else {
         return;
     };
-    if !Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            test,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
-        return;
-    }
     let (s, pool) = tpm_setup(&qemu);
-    let plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap()).unwrap();
+    let plan = s.plan();
     // What Go's root swtpm left: root-owned state and CA files, plus a
     // hard link that must not be followed into a chown.
     let data = pool.join("state.tpm-data");
@@ -352,20 +306,49 @@ fn state_left_root_owned_by_the_go_program_is_handed_to_the_vm() {
     let _ = swtpm.wait();
 }
 
+/// The TPM as `status --json` and `inspect --json` report it (`tpm` and
+/// `tpm.state`), checked against the plan; `pid` is the running swtpm's.
+fn assert_tpm_json(tpm: &serde_json::Value, plan: &machina::plan::Plan, pid: Option<u32>) {
+    let t = plan.tpm.as_ref().unwrap();
+    assert_eq!(tpm["running"], pid.is_some(), "{tpm:#}");
+    assert_eq!(
+        tpm["pids"],
+        serde_json::json!(pid.into_iter().collect::<Vec<_>>()),
+        "{tpm:#}"
+    );
+    assert_eq!(tpm["uid"], plan.uid, "{tpm:#}");
+    assert_eq!(tpm["state-dir"], t.data_dir.to_str().unwrap(), "{tpm:#}");
+    assert_eq!(tpm["socket"], t.socket.to_str().unwrap(), "{tpm:#}");
+    // Without systemd (here, under `machina run`) the unit is null; with
+    // it, the unit is named (and unknown to this systemd).
+    let unit = &tpm["unit"];
+    assert!(
+        unit.is_null() || unit["name"] == format!("machina-swtpm-{}.service", plan.machine),
+        "{tpm:#}"
+    );
+}
+
+/// `machina run` of a TPM VM whose bootable volume holds the test guest
+/// (no kernel in the plan: SeaBIOS boots the disk): swtpm runs as the VM's
+/// uid with nothing, the guest sees a TPM 2.0 (read from its serial
+/// console), QEMU reports `tpm-crb` on the emulator; `status` and
+/// `inspect`, text and JSON, show the TPM; SIGTERM shuts the guest down
+/// and swtpm ends with it.
 #[test]
-fn machina_run_starts_and_stops_swtpm() {
-    let test = "machina_run_starts_and_stops_swtpm";
-    let Some(qemu) = common::privileged(test) else {
+fn guest_boots_from_its_volume_with_a_tpm_under_machina_run() {
+    let test = "guest_boots_from_its_volume_with_a_tpm_under_machina_run";
+    let Some(qemu) = common::privileged_with_swtpm(test) else {
         return;
     };
-    if !Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            test,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
+    let Some(s) = tpm_guest_setup(test, &qemu) else {
         return;
-    }
-    let (s, _pool) = tpm_setup(&qemu);
+    };
+    let plan = s.plan();
+    assert!(
+        !plan.qemu.args.iter().any(|a| a == "-kernel"),
+        "the guest boots from its volume"
+    );
+    let uid = plan.uid;
     let ns = NetNs::new(true);
     let mut run = ns
         .command(common::bin("machina").to_str().unwrap())
@@ -373,7 +356,7 @@ fn machina_run_starts_and_stops_swtpm() {
         .arg(s.dir.join("config"))
         .arg("--plan-dir")
         .arg(s.dir.join("root/etc/machina/launch"))
-        .args(["run", "--timeout", "1s", &s.vm])
+        .args(["run", "--timeout", "60s", &s.vm])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -400,49 +383,76 @@ fn machina_run_starts_and_stops_swtpm() {
         "{seen:#?} {:#?}",
         errs.join()
     );
-    let plan =
-        machina::plan::Plan::from_json(&std::fs::read_to_string(s.plan_path()).unwrap_or_default())
-            .ok();
-    // run builds its plan itself: the VM's uid is the one gen chose.
-    let uid = plan.map(|p| p.uid).unwrap();
+    let outs = std::thread::spawn(move || out.map_while(Result::ok).collect::<Vec<_>>());
+
+    // The guest's serial console, through `machina console --log`.
+    let console_log = || {
+        let out = s.machina(&["console", "--log", &s.vm]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let log = loop {
+        let log = console_log();
+        if log.contains(common::guest::READY_MARKER) {
+            break log;
+        }
+        if let Ok(Some(st)) = run.try_wait() {
+            panic!("machina run ended ({st}): {log}\n{:#?}", errs.join());
+        }
+        assert!(Instant::now() < deadline, "guest not ready:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(log.contains("SYSLINUX"), "booted by SYSLINUX:\n{log}");
+    assert_eq!(common::guest::tpm_version(&log), "2", "guest TPM");
+
+    // swtpm: one process as the VM's uid, with nothing.
     let swtpm = swtpm_pids(uid);
-    let cmdlines: Vec<String> = swtpm
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .unwrap_or_default()
-                .replace('\0', " ")
-        })
-        .collect();
-    assert_eq!(swtpm.len(), 1, "one swtpm as uid {uid}: {cmdlines:?}");
+    assert_eq!(swtpm.len(), 1, "one swtpm as uid {uid}");
     let pid = swtpm[0];
     for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
+    assert!(q.contains("tpm-crb") && q.contains("emulator"), "{q}");
+
+    // status and inspect, text and JSON.
+    let data = plan.tpm.as_ref().unwrap().data_dir.display().to_string();
     let st = s.machina(&["status", &s.vm]);
     let st = String::from_utf8_lossy(&st.stdout).into_owned();
     assert!(
-        st.contains("  tpm: ") && st.contains(&format!("swtpm pid {pid} (uid {uid})")),
+        st.contains("  tpm: ")
+            && st.contains(&format!("swtpm pid {pid} (uid {uid}); state {data}")),
         "{st}"
     );
-    let q = qmp_once(&s.vm, r#"{"execute":"query-tpm"}"#);
-    assert!(q.contains("tpm-crb") && q.contains("emulator"), "{q}");
+    let status_json = || -> serde_json::Value {
+        let out = s.machina(&["status", "--json", &s.vm]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_tpm_json(&status_json()["machines"][0]["tpm"], &plan, Some(pid));
+    let out = s.machina(&["inspect", "--json", &s.vm]);
+    let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    common::assert_valid_inspection(&inspected);
+    assert_eq!(inspected[0]["tpm"]["data-dir"], data.as_str());
+    assert_tpm_json(&inspected[0]["tpm"]["state"], &plan, Some(pid));
+
+    // SIGTERM: the power button; the guest powers off, swtpm ends with QEMU.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let st = run.wait().unwrap();
-    out.for_each(drop);
+    let outs = outs.join().unwrap();
     let errs = errs.join().unwrap();
-    assert!(st.code().is_some(), "{st}");
+    assert!(st.success(), "{st}: {outs:#?} {errs:#?}");
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "swtpm outlived machina run: {errs:#?}"
     );
     let lock = Path::new(machina::plan::LOCK_DIR).join(format!("swtpm.{}", s.vm));
     assert!(!lock.exists(), "the swtpm lock is left: {errs:#?}");
+    assert_tpm_json(&status_json()["machines"][0]["tpm"], &plan, None);
 }
 
 /// Pids of processes named swtpm running as `uid`.

@@ -2,8 +2,10 @@
 //! `machina-swtpm-<vm>.service` beside the QEMU unit; `systemctl start` of
 //! the QEMU unit pulls the swtpm unit in (`BindsTo=`), whose
 //! `machina-launch --swtpm` prepares the state as root and execs swtpm as
-//! the VM's uid; the test guest (TCG) sees a TPM 2.0; after a stop and a
-//! start the TPM is the same and `swtpm_setup` did not run again.
+//! the VM's uid; the test guest (TCG), booted from its disk volume, sees a
+//! TPM 2.0 on its serial console; `status --json` and `inspect --json`
+//! show the swtpm unit and process; after a stop and a start the TPM is
+//! the same and `swtpm_setup` did not run again.
 
 mod common;
 
@@ -12,14 +14,13 @@ use common::TempDir;
 use std::time::{Duration, Instant};
 
 use common::nspawn::{Container, BIN_MOUNT};
-use machina::plan::{Access, Grant, Plan};
+use machina::plan::Plan;
 use machina::systemd::swtpm_unit;
-use machina::systemd::unit::{self, UnitOptions};
+use machina::systemd::unit;
 use serde_json::json;
 
 const POOL: &str = "/var/lib/machina-e2e/disks";
 const TPM_POOL: &str = "/var/lib/machina-e2e/tpm";
-const GUEST: &str = "/var/lib/machina-e2e/guest";
 
 fn wait_for(c: &Container, unit: &str, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -36,21 +37,19 @@ fn wait_for(c: &Container, unit: &str, what: &str, timeout: Duration, mut f: imp
 #[test]
 fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
     const TEST: &str = "swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd";
-    let Some(qemu) = common::privileged(TEST) else {
+    let Some(qemu) = common::privileged_with_swtpm(TEST) else {
         return;
     };
-    if !std::path::Path::new("/usr/bin/swtpm").exists() {
-        common::skip(
-            TEST,
-            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
-        );
-        return;
-    }
     let Some(image) = common::guest::guest_image(TEST) else {
         return;
     };
     let vm = format!("tpm{}", std::process::id());
     let tmp = TempDir::new("tpm-systemd");
+    // The guest boots from its volume: no kernel in the plan.
+    let disk = tmp.0.join("os.raw");
+    if !common::bootdisk::write_boot_disk(TEST, &image, &disk) {
+        return;
+    }
     let config = tmp.0.join("config");
     std::fs::create_dir_all(config.join("machine.conf.d")).unwrap();
     let host = json!({
@@ -63,9 +62,9 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
     });
     let machine = json!({
         "id": uuid::Uuid::new_v4(),
-        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true},
+        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true}, "console": {"enabled": true},
                   "tpm": {"enabled": true, "data": {"storage": "tpm", "name": "state"}}},
-        "volumes": [{"name": "os", "storage": "disks"}],
+        "volumes": [{"name": "os", "storage": "disks", "bootable": true}],
         "connections": [{"name": "0", "network": "lan"}]
     });
     std::fs::write(config.join("machina.conf.json"), host.to_string()).unwrap();
@@ -93,68 +92,38 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut plan = Plan::from_json(
-        &std::fs::read_to_string(root.join(format!("etc/machina/launch/{vm}.json"))).unwrap(),
-    )
-    .unwrap();
+    let plan_text =
+        std::fs::read_to_string(root.join(format!("etc/machina/launch/{vm}.json"))).unwrap();
+    let plan = Plan::from_json(&plan_text).unwrap();
     let swtpm_name = swtpm_unit::swtpm_unit_name(&plan.machine);
     let swtpm_text =
         std::fs::read_to_string(root.join(format!("etc/systemd/system/{swtpm_name}"))).unwrap();
     let tpm = plan.tpm.clone().unwrap();
-
-    // Direct kernel boot for the test guest, as in e2e_systemd.
-    let console = plan.runtime_dir().join("console.log");
-    plan.qemu.args.extend([
-        "-kernel".into(),
-        format!("{GUEST}/vmlinuz"),
-        "-initrd".into(),
-        format!("{GUEST}/initrd"),
-        "-append".into(),
-        image.append.clone(),
-        "-serial".into(),
-        format!("file:{}", console.display()),
-        "-no-reboot".into(),
-    ]);
-    for f in ["vmlinuz", "initrd"] {
-        plan.grants.push(Grant {
-            path: format!("{GUEST}/{f}").into(),
-            access: Access::ReadOnly,
-            shared: true,
-        });
-    }
-    let mut opts = UnitOptions::new(&plan);
-    opts.launcher = format!("{BIN_MOUNT}/machina-launch").into();
-    opts.machina = format!("{BIN_MOUNT}/machina").into();
-    let unit_text = unit::render(&plan, &opts).unwrap();
     let unit_name = unit::unit_name(&plan.machine);
+    let unit_text =
+        std::fs::read_to_string(root.join(format!("etc/systemd/system/{unit_name}"))).unwrap();
     assert!(
         unit_text.contains(&format!("BindsTo={swtpm_name}")),
         "{unit_text}"
     );
+    let console = plan.runtime_dir().join("console.log");
 
     let bin_dir = common::bin("machina").parent().unwrap().to_owned();
     let Some(c) = Container::boot(TEST, &bin_dir) else {
         return;
     };
+    c.write_file(&format!("/etc/machina/launch/{vm}.json"), &plan_text, 0o644);
+    // The configuration too, for `inspect`.
+    c.write_file("/etc/machina/machina.conf.json", &host.to_string(), 0o644);
     c.write_file(
-        &format!("/etc/machina/launch/{vm}.json"),
-        &plan.to_json(),
+        &format!("/etc/machina/machine.conf.d/{vm}.conf.json"),
+        &machine.to_string(),
         0o644,
     );
     c.write_unit(&unit_name, &unit_text);
     c.write_unit(&swtpm_name, &swtpm_text);
-    c.write_file(&format!("{POOL}/{vm}-os.raw"), "", 0o600);
-    c.exec_ok(&["truncate", "-s", "1M", &format!("{POOL}/{vm}-os.raw")]);
-    c.exec_ok(&["mkdir", "-p", TPM_POOL]);
-    std::fs::create_dir_all(c.path(GUEST)).unwrap();
-    std::fs::copy(&image.kernel, c.path(&format!("{GUEST}/vmlinuz"))).unwrap();
-    std::fs::copy(&image.initrd, c.path(&format!("{GUEST}/initrd"))).unwrap();
-    c.exec_ok(&[
-        "chmod",
-        "0644",
-        &format!("{GUEST}/vmlinuz"),
-        &format!("{GUEST}/initrd"),
-    ]);
+    c.exec_ok(&["mkdir", "-p", POOL, TPM_POOL]);
+    std::fs::copy(&disk, c.path(&format!("{POOL}/{vm}-os.raw"))).unwrap();
     c.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     c.exec_ok(&["ip", "link", "set", "br0", "up"]);
     c.daemon_reload();
@@ -177,7 +146,7 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
             &c,
             &swtpm_name,
             "the guest to boot",
-            Duration::from_secs(120),
+            Duration::from_secs(180),
             || {
                 std::fs::read_to_string(&console_path)
                     .unwrap_or_default()
@@ -185,11 +154,8 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
             },
         );
         let log = std::fs::read_to_string(&console_path).unwrap();
-        let line = log
-            .lines()
-            .find(|l| l.contains(common::guest::TPM_MARKER))
-            .unwrap_or_else(|| panic!("{log}"));
-        assert!(line.trim().ends_with(" 2"), "guest TPM: {line}");
+        assert!(log.contains("SYSLINUX"), "booted from its volume:\n{log}");
+        assert_eq!(common::guest::tpm_version(&log), "2", "guest TPM");
 
         // swtpm: the unit's main process, as the VM's uid, with nothing.
         let st = c
@@ -218,6 +184,24 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
             c.exec_ok(&["stat", "-c", "%u %a", &data]).trim(),
             format!("{} 700", plan.uid)
         );
+        // status and inspect: the same TPM state, with the unit's.
+        let tpm_status = || -> serde_json::Value {
+            let s: serde_json::Value =
+                serde_json::from_str(&c.machina(&["status", "--json", &vm])).unwrap();
+            s["machines"][0]["tpm"].clone()
+        };
+        let t = tpm_status();
+        assert_eq!(t["running"], true, "{t:#}");
+        assert_eq!(t["pids"], json!([st.main_pid.unwrap()]), "{t:#}");
+        assert_eq!(t["uid"], plan.uid, "{t:#}");
+        assert_eq!(t["state-dir"], data.as_str(), "{t:#}");
+        assert_eq!(t["socket"], tpm.socket.to_str().unwrap(), "{t:#}");
+        assert_eq!(t["unit"]["name"], swtpm_name.as_str(), "{t:#}");
+        assert_eq!(t["unit"]["active-state"], "active", "{t:#}");
+        assert_eq!(t["unit"]["sub-state"], "running", "{t:#}");
+        let i: serde_json::Value =
+            serde_json::from_str(&c.machina(&["inspect", "--json", &vm])).unwrap();
+        assert_eq!(i[0]["tpm"]["state"], t, "{i:#}");
         let journal = c.journal(&swtpm_name);
         let served: Vec<&str> = journal
             .lines()
@@ -246,6 +230,10 @@ fn swtpm_unit_serves_a_tpm2_to_a_real_guest_under_systemd() {
                 st.active_state == "inactive"
             },
         );
+        let t = tpm_status();
+        assert_eq!(t["running"], false, "{t:#}");
+        assert_eq!(t["pids"], json!([]), "{t:#}");
+        assert_eq!(t["unit"]["active-state"], "inactive", "{t:#}");
         ca.push(c.exec_ok(&[
             "cat",
             &format!("{data}/authority/issuercert.pem"),

@@ -156,9 +156,9 @@ pub struct TpmInfo {
     pub socket: PathBuf,
     /// The swtpm state directory (`attrs.tpm.data`), when set.
     pub data_dir: Option<PathBuf>,
-    /// The swtpm unit's state and the swtpm process, as `status` shows
-    /// them (from the installed plan; absent without one).
-    pub state: Option<String>,
+    /// The swtpm unit and process and the state directory, as `status`
+    /// shows them (from the installed plan; null without one).
+    pub state: Option<super::tpm::TpmState>,
 }
 
 /// The serial console.
@@ -378,7 +378,7 @@ pub fn collect(dir: &ConfigDir, plan_dir: &Path, names: &[MachineName]) -> Vec<I
                 m.tpm.as_ref().map(|t| TpmInfo {
                     socket: t.socket.clone(),
                     data_dir: t.data.clone(),
-                    state: super::tpm::status_line(plan_dir, name),
+                    state: plan.as_ref().and_then(super::tpm::TpmState::of_plan),
                 })
             }),
             console: machine.as_ref().and_then(|m| {
@@ -484,7 +484,7 @@ pub fn inspect(
                 println!("  tpm state: {}", d.display());
             }
             if let Some(st) = &t.state {
-                println!("  tpm: {st}");
+                println!("  tpm: {}", st.line());
             }
         }
         for e in &v.errors {

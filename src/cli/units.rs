@@ -39,6 +39,8 @@ struct Row {
     /// Whether the running QEMU was launched from another plan than the one
     /// installed now (`None`: not running, or no plan installed).
     needs_restart: Option<bool>,
+    /// The TPM of the installed plan (`None`: no TPM, or no plan).
+    tpm: Option<super::tpm::TpmState>,
     error: Option<String>,
 }
 
@@ -85,6 +87,9 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
     let mut out = Vec::new();
     for ((name, unit), qmp) in names.into_iter().zip(statuses).zip(pings) {
         let plan_path = plan_dir.join(format!("{name}.json"));
+        let installed = std::fs::read_to_string(&plan_path)
+            .ok()
+            .and_then(|t| Plan::from_json(&t).ok());
         let mut row = Row {
             description: String::new(),
             needs_restart: unit
@@ -93,6 +98,7 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
             unit,
             qmp,
             stale: None,
+            tpm: installed.as_ref().and_then(super::tpm::TpmState::of_plan),
             error: None,
             name,
         };
@@ -102,11 +108,8 @@ fn rows(dir: &ConfigDir, plan_dir: &Path, names: Vec<MachineName>) -> (Vec<Row>,
                 Err(e) => row.error = Some(first_problem(&e)),
                 Ok(m) => {
                     row.description = m.description.clone();
-                    let installed = std::fs::read_to_string(&plan_path)
-                        .ok()
-                        .and_then(|t| Plan::from_json(&t).ok());
-                    if let Some(installed) = installed {
-                        row.stale = config_changed(&m, &installed, &taken);
+                    if let Some(installed) = &installed {
+                        row.stale = config_changed(&m, installed, &taken);
                     }
                 }
             },
@@ -237,6 +240,7 @@ fn row_json(r: &Row, now: SystemTime) -> serde_json::Value {
         "qmp": r.qmp,
         "config-changed-since-gen": r.stale,
         "needs-restart": r.needs_restart,
+        "tpm": r.tpm,
         "error": r.error,
     })
 }
@@ -246,7 +250,7 @@ fn print_json(rows: &[Row], note: &Option<String>, broken: &[(String, config::Co
     let mut machines: Vec<serde_json::Value> = rows.iter().map(|r| row_json(r, now)).collect();
     machines.extend(broken.iter().map(|(stem, e)| {
         json!({"name": stem, "description": "", "state": "stopped", "enabled": null, "unit": null, "qmp": false,
-               "config-changed-since-gen": null, "error": e.to_string()})
+               "config-changed-since-gen": null, "tpm": null, "error": e.to_string()})
     }));
     let v = json!({
         "systemd": note.is_none(),
@@ -304,8 +308,8 @@ pub fn status(
             }
         }
         println!("  qmp: {}", if r.qmp { "answers" } else { "no answer" });
-        if let Some(t) = super::tpm::status_line(plan_dir, &r.name) {
-            println!("  tpm: {t}");
+        if let Some(t) = &r.tpm {
+            println!("  tpm: {}", t.line());
         }
         match r.stale {
             Some(true) => println!("  configuration changed since the last `machina gen`"),

@@ -215,6 +215,16 @@ pub fn daemon_reload() -> Result<(), ControlError> {
     Systemctl::find()?.daemon_reload()
 }
 
+/// `active/sub` when both are set and differ, otherwise whichever is set
+/// (the Go program's `State()`).
+pub fn state_text(active: &str, sub: &str) -> String {
+    match (active.is_empty(), sub.is_empty()) {
+        (false, false) if active != sub => format!("{active}/{sub}"),
+        (false, _) => active.to_owned(),
+        (true, _) => sub.to_owned(),
+    }
+}
+
 /// One unit's state as `systemctl show` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitStatus {
@@ -291,13 +301,7 @@ impl UnitStatus {
     /// `ActiveState/SubState` when both are set and differ, otherwise
     /// whichever is set (the Go program's `State()`).
     pub fn state(&self) -> String {
-        match (self.active_state.is_empty(), self.sub_state.is_empty()) {
-            (false, false) if self.active_state != self.sub_state => {
-                format!("{}/{}", self.active_state, self.sub_state)
-            }
-            (false, _) => self.active_state.clone(),
-            (true, _) => self.sub_state.clone(),
-        }
+        state_text(&self.active_state, &self.sub_state)
     }
 
     /// The timestamp of the current state: active or reloading → entering

@@ -31,6 +31,15 @@ pub const POWER_BUTTON_MARKER: &str = "MACHINA-GUEST-POWER-BUTTON";
 /// Printed by `/init` with the guest's TPM major version (`none` without).
 pub const TPM_MARKER: &str = "MACHINA-GUEST-TPM";
 
+/// The TPM major version the guest reported on its console `log`
+/// (`"none"` without a TPM); panics with the log when it did not report.
+pub fn tpm_version(log: &str) -> &str {
+    log.lines()
+        .find_map(|l| l.split_once(TPM_MARKER))
+        .map(|(_, v)| v.trim())
+        .unwrap_or_else(|| panic!("the guest reported no TPM version:\n{log}"))
+}
+
 /// Printed by `/init` when it cannot arm the power button.
 pub const ERROR_MARKER: &str = "MACHINA-GUEST-ERROR";
 

@@ -6,6 +6,7 @@
 //! `MACHINA_REQUIRE_PRIVILEGED=1` (set in CI) a skip is a failure.
 #![allow(dead_code)]
 
+pub mod bootdisk;
 pub mod guest;
 pub mod nspawn;
 pub mod qemu;
@@ -99,6 +100,34 @@ pub fn privileged(test: &str) -> Option<PathBuf> {
         return None;
     }
     Some(qemu)
+}
+
+/// As [`privileged`], and swtpm is installed (for TPM tests).
+pub fn privileged_with_swtpm(test: &str) -> Option<PathBuf> {
+    let qemu = privileged(test)?;
+    if !std::path::Path::new("/usr/bin/swtpm").exists() {
+        skip(
+            test,
+            "swtpm is not installed (apt-get install swtpm swtpm-tools)",
+        );
+        return None;
+    }
+    Some(qemu)
+}
+
+/// Asserts that `v` (the output of `machina inspect --json`) is valid
+/// against the shipped `docs/inspect.schema.json`.
+pub fn assert_valid_inspection(v: &serde_json::Value) {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/inspect.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{v:#}");
 }
 
 /// The path of a binary built by this package (`machina`, `machina-launch`).

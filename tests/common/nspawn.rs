@@ -321,6 +321,15 @@ impl Container {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the bound `machina` inside with `args`; its stdout (panics
+    /// when it fails).
+    pub fn machina(&self, args: &[&str]) -> String {
+        let bin = format!("{BIN_MOUNT}/machina");
+        let mut all = vec![bin.as_str()];
+        all.extend_from_slice(args);
+        self.exec_ok(&all)
+    }
+
     /// Writes a unit file to `/etc/systemd/system/<name>` inside.
     pub fn write_unit(&self, name: &str, text: &str) {
         let dir = self.path("/etc/systemd/system");

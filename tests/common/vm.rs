@@ -74,6 +74,11 @@ impl Setup {
         c.args(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// The plan `gen --root` installed.
+    pub fn plan(&self) -> machina::plan::Plan {
+        machina::plan::Plan::from_json(&std::fs::read_to_string(self.plan_path()).unwrap()).unwrap()
+    }
+
     /// Where `gen --root` put the plan.
     pub fn plan_path(&self) -> PathBuf {
         self.dir
