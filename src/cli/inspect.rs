@@ -479,12 +479,13 @@ pub fn inspect(
             );
         }
         if let Some(t) = &v.tpm {
-            println!("  tpm: {}", t.socket.display());
-            if let Some(d) = &t.data_dir {
-                println!("  tpm state: {}", d.display());
-            }
-            if let Some(st) = &t.state {
-                println!("  tpm: {}", st.line());
+            println!("  tpm socket: {}", t.socket.display());
+            // The status line ends with the state directory; without an
+            // installed plan there is only the configured one to show.
+            match (&t.state, &t.data_dir) {
+                (Some(st), _) => println!("  tpm: {}", st.line()),
+                (None, Some(d)) => println!("  tpm state: {}", d.display()),
+                (None, None) => {}
             }
         }
         for e in &v.errors {
