@@ -204,6 +204,10 @@
     /* ---- A VM's page ---- */
 
     let vm = null; // {name, path, text, tag, obj, indent, newline}
+    /* "form" or "json" (the raw text: every key, the escape hatch), and the
+     * object the form's fields go over (the file's, or the JSON view's). */
+    let mode = "form";
+    let base = {};
 
     /* A machine name as machina accepts it: it becomes part of file paths
      * written as root, so nothing else (no "/", no "..") gets through. */
@@ -263,7 +267,42 @@
         const ind = /\n([ \t]+)"/.exec(text);
         vm.indent = ind ? ind[1] : "\t";
         vm.newline = text.endsWith("\n");
-        fillForm(vm.obj);
+        base = vm.obj;
+        fillForm(base);
+        $("#f-json").value = text;
+    }
+
+    /* Switches between the form and the JSON view, carrying the edit over;
+     * refused (with the reason) while the JSON is not an object. */
+    function setMode(next) {
+        if (next === mode) return true;
+        if (next === "json") {
+            $("#f-json").value = editedText().text;
+        } else {
+            let o;
+            try {
+                o = JSON.parse($("#f-json").value);
+            } catch (e) {
+                o = e;
+            }
+            if (typeof o !== "object" || o === null || Array.isArray(o) || o instanceof Error) {
+                setAlert($("#other-errors"), "danger", "The JSON view holds no machine file object; the form cannot show it",
+                    o instanceof Error ? o.message : "");
+                return false;
+            }
+            base = o;
+            fillForm(base);
+        }
+        mode = next;
+        clearErrors($("#editor"));
+        for (const [m, tab] of [["form", "#mode-form"], ["json", "#mode-json"]]) {
+            const t = $(tab), on = m === mode;
+            t.setAttribute("aria-selected", String(on));
+            t.tabIndex = on ? 0 : -1;
+            t.parentElement.classList.toggle("pf-m-current", on);
+            document.getElementById(t.getAttribute("aria-controls")).hidden = !on;
+        }
+        return true;
     }
 
     function fillForm(o) {
@@ -517,8 +556,17 @@
     /* The edited machine file as text, formatted like the original (its
      * indentation, key order and final newline), plus local problems. */
     function editedText() {
-        const o = JSON.parse(JSON.stringify(vm.obj));
         const problems = [];
+        if (mode === "json") {
+            const text = $("#f-json").value;
+            try {
+                JSON.parse(text);
+            } catch (e) {
+                problems.push({ message: "not valid JSON: " + e.message });
+            }
+            return { text, problems };
+        }
+        const o = JSON.parse(JSON.stringify(base));
         const desc = $("#f-description").value;
         if (desc !== "" || o.description !== undefined) o.description = desc;
         const tags = chosenTags($("#f-tags"));
@@ -588,7 +636,8 @@
     function showProblems(form, problems, other) {
         clearErrors(form);
         const rest = [];
-        const fields = [...form.querySelectorAll(".field[data-path]")];
+        // Only fields shown (not the form's while the JSON view is).
+        const fields = [...form.querySelectorAll(".field[data-path]")].filter(f => !f.closest("[hidden]"));
         for (const p of problems) {
             const path = (p.path || "").replace(/\[(\d+)\]/g, ".$1");
             const field = fields
@@ -845,7 +894,7 @@
         // null while Cockpit is still asking: no changes offered, no notice yet.
         admin = allowed === true;
         $("#readonly").hidden = allowed !== false;
-        for (const b of document.querySelectorAll("button.admin, .admin button, .admin input, #editor input, #editor textarea, #editor select, #editor button"))
+        for (const b of document.querySelectorAll("button.admin, .admin button, .admin input, #editor input, #editor textarea, #editor select, #editor button:not([role=\"tab\"])"))
             b.disabled = !admin;
         renderList();
     }
@@ -894,7 +943,19 @@
         $("#editor").addEventListener("submit", review);
         $("#save").addEventListener("click", save);
         $("#cancel-save").addEventListener("click", () => { pending = null; $("#review-panel").hidden = true; });
-        $("#revert").addEventListener("click", () => { clearErrors($("#editor")); fillForm(vm.obj); });
+        $("#revert").addEventListener("click", () => {
+            clearErrors($("#editor"));
+            base = vm.obj;
+            fillForm(base);
+            $("#f-json").value = vm.text;
+        });
+        $("#mode-form").addEventListener("click", () => setMode("form"));
+        $("#mode-json").addEventListener("click", () => setMode("json"));
+        for (const t of ["#mode-form", "#mode-json"])
+            $(t).addEventListener("keydown", (ev) => {
+                if (ev.key === "ArrowRight" || ev.key === "ArrowLeft")
+                    if (setMode(mode === "form" ? "json" : "form")) $(mode === "form" ? "#mode-form" : "#mode-json").focus();
+            });
         $("#apply").addEventListener("click", apply);
         $("#dissolve").addEventListener("click", () => {
             $("#dissolve-name").textContent = vm.name;

@@ -202,6 +202,13 @@ const volErr = await waitFor(`return d.querySelector('.field[data-path="volumes.
 if (!/"bad name" is not a volume name/.test(volErr)) fail("unexpected volume name error: " + volErr);
 ok("an invalid volume name: the schema's rule next to the cell: " + volErr);
 assertEq(readFileSync(file, "utf8"), after, "file unchanged after an invalid volume name");
+// A problem only machina finds (a second volume "os"): its message, under the cell it names.
+await inFrame(setField, { sel: newVol + ` [data-prop="name"]`, value: "os" });
+await inFrame(`d.querySelector("#review").click(); return true;`);
+const dupErr = await waitFor(`return d.querySelector('.field[data-path="volumes.2.name"] .field-error').textContent.includes("already") &&
+    d.querySelector('.field[data-path="volumes.2.name"] .field-error').textContent;`, "machina's duplicate volume error");
+if (!/volume "os" is already defined at volumes\[0\]/.test(dupErr)) fail("unexpected duplicate volume error: " + dupErr);
+ok("a duplicate volume name: machina check's message under the cell: " + dupErr);
 await inFrame(setField, { sel: newVol + ` [data-prop="name"]`, value: "scratch" });
 await inFrame(`d.querySelector("#review").click(); return true;`);
 const volDiff = await waitFor(`const p = d.querySelector("#review-panel"); return !p.hidden && d.querySelector("#diff").textContent;`, "the volume's diff");
@@ -217,6 +224,17 @@ try {
 }
 ok("machina check accepts the file with the new volume");
 assertEq(JSON.parse(machina("cat", "--json", "web-01"))[0].volumes.map((v) => v.name), ["os", "data", "scratch"], "machina cat --json lists the new volume");
+// The JSON view (every key, the escape hatch): the file as saved; an edit
+// there shows in the form.
+await inFrame(`d.querySelector("#mode-json").click(); return true;`);
+const jsonText = await waitFor(`return !d.querySelector("#json-fields").hidden && d.querySelector("#f-json").value;`, "the JSON view");
+assertEq(jsonText, withVol, "the JSON view holds the machine file as saved");
+await inFrame(setField, { sel: "#f-json", value: withVol.replace('"queues": 4', '"queues": 2') });
+await inFrame(`d.querySelector("#mode-form").click(); return true;`);
+const queues = await waitFor(`return !d.querySelector("#form-fields").hidden &&
+    d.querySelector('.list-editor[data-list="connections"] tbody tr input[data-prop="queues"]').value;`, "the form after the JSON view");
+assertEq(queues, "2", "an edit in the JSON view shows in the form");
+await inFrame(`d.querySelector("#revert").click(); return true;`);
 await inFrame(`w.scrollTo(0, 0); return true;`);
 await shot("cockpit-vm.png");
 await inFrame(`d.querySelector("#lists").scrollIntoView(); return true;`);
