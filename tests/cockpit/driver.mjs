@@ -173,6 +173,20 @@ const before = readFileSync(file, "utf8");
 await inFrame(`d.querySelector('a[href="#/vm/web-01"]').click(); return true;`);
 await waitFor(`return d.querySelector("#f-description").value === "Web front end (Debian 12)" &&
     d.querySelector("#args").textContent.includes("-name web-01");`, "web-01's page");
+// The inspect card, and the tabs below: journal (machina logs), console
+// log (machina console --log), QEMU arguments.
+const views = await waitFor(`return d.querySelector('[data-key="UUID"]') && d.querySelector("#logs-source").textContent && {
+    uuid: d.querySelector('[data-key="UUID"]').textContent,
+    logs: d.querySelector("#logs-source").textContent.startsWith("machina logs -n 100 web-01"),
+    console: d.querySelector("#console-log").textContent !== "",
+};`, "the inspect card and the logs");
+assertEq(views, { uuid: JSON.parse(machina("inspect", "--json", "web-01"))[0].uuid, logs: true, console: true },
+    "the overview card is inspect --json; the journal comes from machina logs");
+const tabbed = await inFrame(`d.querySelector("#tab-args").click();
+    const shown = ["logs", "console", "args"].filter(p => !d.getElementById("panel-" + p).hidden);
+    d.querySelector("#tab-logs").click();
+    return shown;`);
+assertEq(tabbed.value, ["args"], "the QEMU arguments tab shows only its panel");
 await inFrame(setField, { sel: "#f-description", value: "Web front end (edited in Cockpit)" });
 await inFrame(`d.querySelector("#review").click(); return true;`);
 const diff = await waitFor(`const p = d.querySelector("#review-panel"); return !p.hidden && d.querySelector("#diff").textContent;`, "the diff");
