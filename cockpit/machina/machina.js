@@ -1,5 +1,6 @@
 /* machina's Cockpit page: lists the virtual machines, starts and stops them,
- * and edits their machine files. Every read and change runs the `machina`
+ * and edits their machine files (the lists of volumes, connections and
+ * devices with forms built from `machina schema machine`). Every read and change runs the `machina`
  * binary (or reads the machine file) through the Cockpit bridge; changes ask
  * for Cockpit's superuser channel. No inline script and no eval (Cockpit's
  * CSP forbids both). */
@@ -78,10 +79,23 @@
         }
     }
 
+    /* Fills a PatternFly inline alert: VARIANT (success, danger, info), a
+     * title line and an optional description (pre-wrapped). */
+    function setAlert(box, variant, title, description) {
+        box.className = "pf-c-alert pf-m-inline" + (variant ? " pf-m-" + variant : "");
+        box.replaceChildren(el("p", { class: "pf-c-alert__title" }, title));
+        if (description) box.append(el("div", { class: "pf-c-alert__description" }, description));
+        box.hidden = false;
+    }
+    function hideAlert(box) {
+        box.replaceChildren();
+        box.hidden = true;
+    }
+
     function showError(text) {
         const box = $("#global-error");
-        box.textContent = text || "";
-        box.hidden = !text;
+        if (text) setAlert(box, "danger", text);
+        else hideAlert(box);
     }
 
     /* ---- Overview ---- */
@@ -133,20 +147,32 @@
             const c = tagsByMachine[m.name] || {};
             const changed = m["config-changed-since-gen"];
             const running = state === "running" || state === "starting";
-            body.append(el("tr", { "data-name": m.name },
-                el("td", { "data-label": "name" }, el("a", { href: "#/vm/" + encodeURIComponent(m.name) }, m.name)),
-                el("td", { "data-label": "state", class: "state-" + state }, state),
-                el("td", { "data-label": "description" }, m.error ? m.error : m.description),
-                el("td", { "data-label": "tags" }, ...(c.tags || []).map(t => el("span", { class: "label" }, t))),
-                el("td", { "data-label": "uid" }, m.unit && m.unit["main-uid"] != null ? m.unit["main-uid"] : ""),
-                el("td", { "data-label": "since" }, since(m)),
-                el("td", { "data-label": "changed" }, changed === true ? "changed since gen" : changed === false ? "generated" : "not generated"),
-                el("td", { class: "admin" },
+            body.append(el("tr", { "data-name": m.name, role: "row" },
+                el("td", { role: "cell", "data-label": "name" }, el("a", { href: "#/vm/" + encodeURIComponent(m.name) }, m.name)),
+                el("td", { role: "cell", "data-label": "state" }, stateLabel(state)),
+                el("td", { role: "cell", "data-label": "description" }, m.error ? m.error : m.description),
+                el("td", { role: "cell", "data-label": "tags" }, ...(c.tags || []).map(t => label(t, "", true))),
+                el("td", { role: "cell", "data-label": "uid" }, m.unit && m.unit["main-uid"] != null ? m.unit["main-uid"] : ""),
+                el("td", { role: "cell", "data-label": "since" }, since(m)),
+                el("td", { role: "cell", "data-label": "changed" }, changed === true ? "changed since gen" : changed === false ? "generated" : "not generated"),
+                el("td", { role: "cell", class: "admin pf-c-table__action" },
                     el("button", {
                         type: "button", class: "pf-c-button pf-m-secondary pf-m-small",
                         disabled: !admin || m.error, onclick: () => lifecycle(running ? "stop" : "start", m.name)
                     }, running ? "Stop" : "Start"))));
         }
+    }
+
+    /* A PatternFly label; COLOR one of its colour modifiers. */
+    function label(text, color, compact) {
+        return el("span", { class: "pf-c-label" + (color ? " pf-m-" + color : "") + (compact ? " pf-m-compact" : "") },
+            el("span", { class: "pf-c-label__content" }, text));
+    }
+    const STATE_COLOR = { running: "green", starting: "blue", stopping: "blue", failed: "red", broken: "red" };
+    function stateLabel(state) {
+        const l = label(state, STATE_COLOR[state] || "");
+        l.dataset.state = state;
+        return l;
     }
 
     function schedulePoll() {
@@ -168,16 +194,20 @@
         args.push(name);
         const box = $("#action-result");
         const r = await machina(args);
-        box.className = "pf-c-alert " + (r.ok ? "pf-m-success" : "pf-m-danger");
-        box.textContent = "machina " + args.join(" ") + ": " + (r.ok ? "done" : "failed") + "\n" + (r.out + r.err).trim();
+        const title = "machina " + args.join(" ") + ": " + (r.ok ? "done" : "failed");
+        setAlert(box, r.ok ? "success" : "danger", title, (r.out + r.err).trim());
         box.hidden = !currentVm();
-        if (!r.ok && !currentVm()) showError(box.textContent);
+        if (!r.ok && !currentVm()) showError(title + "\n" + (r.out + r.err).trim());
         await refreshList();
     }
 
     /* ---- A VM's page ---- */
 
     let vm = null; // {name, path, text, tag, obj, indent, newline}
+    /* "form" or "json" (the raw text: every key, the escape hatch), and the
+     * object the form's fields go over (the file's, or the JSON view's). */
+    let mode = "form";
+    let base = {};
 
     /* A machine name as machina accepts it: it becomes part of file paths
      * written as root, so nothing else (no "/", no "..") gets through. */
@@ -196,9 +226,7 @@
     function renderVmState() {
         const m = machines.find(x => x.name === vm?.name);
         if (!m) return;
-        const state = simpleState(m);
-        $("#vm-state").textContent = state;
-        $("#vm-state").className = "state state-" + state;
+        $("#vm-state").replaceWith(Object.assign(stateLabel(simpleState(m)), { id: "vm-state" }));
     }
 
     async function showVm(name) {
@@ -239,7 +267,42 @@
         const ind = /\n([ \t]+)"/.exec(text);
         vm.indent = ind ? ind[1] : "\t";
         vm.newline = text.endsWith("\n");
-        fillForm(vm.obj);
+        base = vm.obj;
+        fillForm(base);
+        $("#f-json").value = text;
+    }
+
+    /* Switches between the form and the JSON view, carrying the edit over;
+     * refused (with the reason) while the JSON is not an object. */
+    function setMode(next) {
+        if (next === mode) return true;
+        if (next === "json") {
+            $("#f-json").value = editedText().text;
+        } else {
+            let o;
+            try {
+                o = JSON.parse($("#f-json").value);
+            } catch (e) {
+                o = e;
+            }
+            if (typeof o !== "object" || o === null || Array.isArray(o) || o instanceof Error) {
+                setAlert($("#other-errors"), "danger", "The JSON view holds no machine file object; the form cannot show it",
+                    o instanceof Error ? o.message : "");
+                return false;
+            }
+            base = o;
+            fillForm(base);
+        }
+        mode = next;
+        clearErrors($("#editor"));
+        for (const [m, tab] of [["form", "#mode-form"], ["json", "#mode-json"]]) {
+            const t = $(tab), on = m === mode;
+            t.setAttribute("aria-selected", String(on));
+            t.tabIndex = on ? 0 : -1;
+            t.parentElement.classList.toggle("pf-m-current", on);
+            document.getElementById(t.getAttribute("aria-controls")).hidden = !on;
+        }
+        return true;
     }
 
     function fillForm(o) {
@@ -251,6 +314,7 @@
         $("#f-cores").value = attrs.cpu?.cores ?? "";
         $("#f-threads").value = attrs.cpu?.threads ?? "";
         $("#f-tpm").checked = !!attrs.tpm?.enabled;
+        $("#f-console").checked = !!attrs.console?.enabled;
         // What machina uses when a field is empty (from tags or defaults).
         const eff = tagsByMachine[vm.name] || {};
         const hint = (input, v) => {
@@ -260,8 +324,197 @@
         hint($("#f-ram"), eff["ram-mib"]);
         for (const k of ["sockets", "cores", "threads"]) hint($("#f-" + k), eff.cpu && eff.cpu[k]);
         $("#f-vars").value = Object.entries(o.vars || {}).map(([k, v]) => k + "=" + v).join("\n");
-        for (const k of ["volumes", "connections", "devices"])
-            $("#f-" + k).value = o[k] === undefined ? "" : JSON.stringify(o[k], null, 2);
+        renderLists(o);
+    }
+
+    /* ---- Forms from the schema: volumes, connections, devices ---- */
+
+    let schema = null; // `machina schema machine`
+    let hostFile = {}; // `machina cat --json system`
+
+    /* The lists of the machine file edited as tables, one row an item. */
+    const LISTS = [
+        { key: "volumes", one: "volume" },
+        { key: "connections", one: "connection" },
+        { key: "devices", one: "device" },
+    ];
+
+    /* A property's schema with its $ref followed and "or null" dropped;
+     * `ref` names the definition it came from (e.g. "PoolName") and `rule`
+     * is that definition's description (what a valid value is). */
+    function resolve(s) {
+        let ref = null, rule = null;
+        for (let i = 0; i < 8 && s; i++) {
+            if (s.$ref) {
+                ref = s.$ref.replace("#/$defs/", "");
+                rule = schema.$defs[ref]?.description || null;
+                s = { ...schema.$defs[ref], description: s.description || rule };
+            } else if (s.anyOf) {
+                const some = s.anyOf.filter(x => x.type !== "null");
+                if (some.length !== 1) break;
+                s = { ...some[0], description: s.description };
+            } else {
+                break;
+            }
+        }
+        const type = Array.isArray(s.type) ? s.type.find(t => t !== "null") : s.type;
+        return { ...s, type, ref, rule };
+    }
+
+    /* Names the host file defines, for the properties that must name one:
+     * shown as choices (a select), as an enum would be. */
+    const HOST_CHOICES = {
+        PoolName: () => Object.keys(hostFile.storage || {}),
+        NetworkName: () => Object.keys(hostFile.network || {}),
+        ClassName: () => Object.values(hostFile["mediated-device"] || {}).flatMap(d => Object.keys(d.classes || {})),
+    };
+
+    /* The item schema's properties, "name" first, then the schema's order. */
+    function itemProps(key) {
+        const items = resolve(resolve(schema.properties[key]).items || {});
+        const props = Object.entries(items.properties || {}).map(([k, v]) => [k, resolve(v)]);
+        return props.sort((a, b) => (b[0] === "name") - (a[0] === "name"));
+    }
+
+    function renderLists(o) {
+        const box = $("#lists");
+        box.replaceChildren();
+        if (!schema) {
+            box.append(el("p", { class: "muted" }, "Volumes, connections and devices: machina schema machine did not answer."));
+            return;
+        }
+        for (const { key, one } of LISTS) {
+            if (!schema.properties[key]) continue;
+            const props = itemProps(key);
+            const body = el("tbody", { role: "rowgroup" });
+            const table = el("table", { class: "pf-c-table pf-m-compact pf-m-grid-md", role: "grid", "aria-label": key },
+                el("thead", {}, el("tr", { role: "row" },
+                    ...props.map(([k, p]) => el("th", { role: "columnheader", scope: "col", title: p.description || "" }, k)),
+                    el("th", { role: "columnheader", scope: "col" }, el("span", { class: "pf-screen-reader" }, "Remove")))),
+                body);
+            const add = el("button", {
+                type: "button", class: "pf-c-button pf-m-link pf-m-inline", id: "add-" + one, disabled: !admin,
+                onclick: () => {
+                    body.append(listRow(key, one, props, {}, true));
+                    renumber(key);
+                    body.lastChild.querySelector("input, select")?.focus();
+                }
+            }, "Add " + one);
+            const group = el("div", { class: "pf-c-form__group field list-editor", "data-path": key, "data-list": key },
+                el("div", { class: "pf-c-form__group-label" },
+                    el("span", { class: "pf-c-form__label" },
+                        el("span", { class: "pf-c-form__label-text" }, key[0].toUpperCase() + key.slice(1)))),
+                table,
+                el("p", { class: "empty" }, "No " + key + "."),
+                el("p", { class: "pf-c-form__helper-text pf-m-error field-error", "aria-live": "polite" }),
+                el("div", {}, add));
+            box.append(group);
+            for (const item of o[key] || []) body.append(listRow(key, one, props, item, false));
+            renumber(key);
+        }
+    }
+
+    /* One item's row: a typed input per property. */
+    function listRow(key, one, props, item, added) {
+        const tr = el("tr", { role: "row" });
+        tr.item = item;
+        tr.added = added;
+        if (typeof item !== "object" || item === null || Array.isArray(item)) {
+            // Not an object: kept as it is, for machina check to name.
+            tr.append(el("td", { colspan: props.length, class: "muted" }, "not an object: " + JSON.stringify(item)));
+        } else {
+            for (const [k, p] of props) {
+                const v = item[k];
+                const title = p.description || k;
+                let input;
+                const choices = p.enum || (HOST_CHOICES[p.ref] && HOST_CHOICES[p.ref]());
+                if (choices) {
+                    const all = [...new Set([...choices, ...(v === undefined || v === null ? [] : [String(v)])])];
+                    input = el("select", { class: "pf-c-form-control", "aria-label": one + " " + k, title },
+                        el("option", { value: "" }, "—"),
+                        ...all.map(c => el("option", { value: c, selected: String(v) === c }, choices.includes(c) ? c : c + " (not defined)")));
+                } else if (p.type === "boolean") {
+                    input = el("input", { type: "checkbox", class: "pf-c-check__input", "aria-label": one + " " + k, title, checked: v === true });
+                } else {
+                    input = el("input", {
+                        type: "text", class: "pf-c-form-control", "aria-label": one + " " + k, title,
+                        inputmode: p.type === "integer" ? "numeric" : null,
+                        placeholder: p.format === "uuid" ? "derived" : null,
+                    });
+                    input.value = v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+                }
+                input.dataset.prop = k;
+                input.disabled = !admin;
+                tr.append(el("td", { role: "cell", "data-label": k, class: p.type === "boolean" ? "check-cell" : "" },
+                    el("div", { class: "field", "data-cell": k }, input,
+                        el("p", { class: "pf-c-form__helper-text pf-m-error field-error", "aria-live": "polite" }))));
+            }
+        }
+        tr.append(el("td", { role: "cell", class: "pf-c-table__action" },
+            el("button", {
+                type: "button", class: "pf-c-button pf-m-link pf-m-danger pf-m-inline", disabled: !admin,
+                "aria-label": "Remove " + one,
+                onclick: () => { tr.remove(); renumber(key); }
+            }, "Remove")));
+        return tr;
+    }
+
+    /* Gives each cell the JSON path machina names its problems by. */
+    function renumber(key) {
+        const group = document.querySelector('.list-editor[data-list="' + key + '"]');
+        const rows = [...group.querySelectorAll("tbody tr")];
+        rows.forEach((tr, i) => {
+            for (const f of tr.querySelectorAll(".field[data-cell]")) f.dataset.path = key + "." + i + "." + f.dataset.cell;
+        });
+        group.querySelector(".empty").hidden = rows.length > 0;
+        group.querySelector("table").hidden = rows.length === 0;
+    }
+
+    /* Checks a typed value against its property's schema; a message or null. */
+    function checkValue(p, v) {
+        // A rule reads "A volume name: letters, digits, ...".
+        const rule = p.rule || "";
+        const what = rule.includes(": ") ? rule.split(": ")[0].replace(/^A /, "a ") : "valid";
+        if (p.type === "integer") {
+            if (typeof v !== "number") return "a whole number, not \"" + v + "\"";
+            if (p.minimum !== undefined && v < p.minimum) return "at least " + p.minimum;
+            if (p.maximum !== undefined && v > p.maximum) return "at most " + p.maximum;
+        } else if (p.type === "string" && typeof v === "string") {
+            if (p.maxLength !== undefined && v.length > p.maxLength) return "at most " + p.maxLength + " characters";
+            if (p.pattern && !new RegExp(p.pattern).test(v))
+                return "\"" + v + "\" is not " + what + (rule.includes(": ") ? ": " + rule.split(": ").slice(1).join(": ") : "");
+        }
+        return null;
+    }
+
+    /* The lists as the form holds them: the items (each its original keys
+     * and order, with the form's values over them) and local problems. */
+    function editedLists(o, problems) {
+        for (const { key } of LISTS) {
+            const group = document.querySelector('.list-editor[data-list="' + key + '"]');
+            if (!group) continue;
+            const props = Object.fromEntries(itemProps(key));
+            const items = [...group.querySelectorAll("tbody tr")].map((tr, i) => {
+                if (typeof tr.item !== "object" || tr.item === null || Array.isArray(tr.item)) return tr.item;
+                const item = { ...tr.item };
+                for (const input of tr.querySelectorAll("[data-prop]:is(input, select)")) {
+                    const k = input.dataset.prop, p = props[k];
+                    let v;
+                    if (input.type === "checkbox") v = input.checked ? true : (k in tr.item ? false : undefined);
+                    else if (p.type === "integer") v = numberOrText(input.value);
+                    else v = input.value === "" ? undefined : input.value;
+                    if (v === undefined) {
+                        delete item[k];
+                        continue;
+                    }
+                    item[k] = v;
+                    const msg = checkValue(p, v);
+                    if (msg) problems.push({ path: key + "[" + i + "]." + k, message: msg });
+                }
+                return item;
+            });
+            if (items.length || o[key] !== undefined) o[key] = items;
+        }
     }
 
     function renderTagChoices(box, selected, prefix) {
@@ -269,9 +522,9 @@
         const all = [...new Set([...hostTags, ...selected])];
         for (const t of all) {
             const id = prefix + t;
-            box.append(el("label", { for: id },
-                el("input", { type: "checkbox", id, value: t, checked: selected.includes(t), disabled: !admin }),
-                hostTags.includes(t) ? t : t + " (not in the host file)"));
+            box.append(el("div", { class: "pf-c-check" },
+                el("input", { type: "checkbox", class: "pf-c-check__input", id, value: t, checked: selected.includes(t), disabled: !admin }),
+                el("label", { class: "pf-c-check__label", for: id }, hostTags.includes(t) ? t : t + " (not in the host file)")));
         }
         if (!all.length) box.append(el("span", { class: "muted" }, "The host file defines no tags."));
     }
@@ -303,8 +556,17 @@
     /* The edited machine file as text, formatted like the original (its
      * indentation, key order and final newline), plus local problems. */
     function editedText() {
-        const o = JSON.parse(JSON.stringify(vm.obj));
         const problems = [];
+        if (mode === "json") {
+            const text = $("#f-json").value;
+            try {
+                JSON.parse(text);
+            } catch (e) {
+                problems.push({ message: "not valid JSON: " + e.message });
+            }
+            return { text, problems };
+        }
+        const o = JSON.parse(JSON.stringify(base));
         const desc = $("#f-description").value;
         if (desc !== "" || o.description !== undefined) o.description = desc;
         const tags = chosenTags($("#f-tags"));
@@ -312,8 +574,10 @@
         setPath(o, ["attrs", "memory", "ram"], numberOrText($("#f-ram").value));
         for (const k of ["sockets", "cores", "threads"])
             setPath(o, ["attrs", "cpu", k], numberOrText($("#f-" + k).value));
-        const tpm = $("#f-tpm").checked;
-        if (tpm || o.attrs?.tpm?.enabled !== undefined) setPath(o, ["attrs", "tpm", "enabled"], tpm);
+        for (const k of ["tpm", "console"]) {
+            const on = $("#f-" + k).checked;
+            if (on || o.attrs?.[k]?.enabled !== undefined) setPath(o, ["attrs", k, "enabled"], on);
+        }
         const vars = {};
         for (const line of $("#f-vars").value.split("\n")) {
             if (!line.trim()) continue;
@@ -322,16 +586,7 @@
             else vars[line.slice(0, i).trim()] = line.slice(i + 1);
         }
         if (Object.keys(vars).length || o.vars !== undefined) o.vars = vars;
-        for (const k of ["volumes", "connections", "devices"]) {
-            const t = $("#f-" + k).value.trim();
-            if (t === "") {
-                delete o[k];
-                continue;
-            }
-            const v = parseJson(t);
-            if (v === null) problems.push({ path: k, message: "not valid JSON" });
-            else o[k] = v;
-        }
+        editedLists(o, problems);
         let text = JSON.stringify(o, null, vm.indent);
         if (vm.newline) text += "\n";
         return { text, problems };
@@ -367,33 +622,41 @@
     function clearErrors(form) {
         for (const f of form.querySelectorAll(".field")) {
             f.classList.remove("has-error");
+            for (const i of f.querySelectorAll(".pf-c-form-control")) i.removeAttribute("aria-invalid");
             f.querySelector(".field-error").textContent = "";
         }
-        for (const b of form.querySelectorAll(".pf-c-alert.pf-m-danger")) {
-            b.textContent = "";
-            b.hidden = true;
+        for (const b of form.querySelectorAll(".pf-c-alert")) {
+            if (b.id !== "apply-result") hideAlert(b);
         }
     }
 
     /* Shows each problem next to the field whose JSON path it names (the
-     * field's path or a path under it), the others in OTHER. */
+     * most specific field whose path is the problem's or above it), the
+     * others in OTHER. */
     function showProblems(form, problems, other) {
         clearErrors(form);
         const rest = [];
+        // Only fields shown (not the form's while the JSON view is).
+        const fields = [...form.querySelectorAll(".field[data-path]")].filter(f => !f.closest("[hidden]"));
         for (const p of problems) {
-            const fields = [...form.querySelectorAll(".field[data-path]")];
             const path = (p.path || "").replace(/\[(\d+)\]/g, ".$1");
-            const field = fields.find(f => path === f.dataset.path || path.startsWith(f.dataset.path + "."));
+            const field = fields
+                .filter(f => path === f.dataset.path || path.startsWith(f.dataset.path + "."))
+                .sort((a, b) => b.dataset.path.length - a.dataset.path.length)[0];
             if (field) {
                 field.classList.add("has-error");
-                const box = field.querySelector(".field-error");
+                // The field's own input (not those of a list's rows).
+                const input = field.querySelector(":scope > .pf-c-form-control, :scope > * > .pf-c-form-control");
+                if (input) input.setAttribute("aria-invalid", "true");
+                const box = field.querySelector(":scope > .field-error, :scope > * > .field-error");
                 box.textContent += (box.textContent ? "\n" : "") + (p.message || p.text);
             } else {
                 rest.push(p.text || p.message);
             }
         }
-        other.textContent = rest.join("\n");
-        other.hidden = rest.length === 0;
+        if (rest.length) setAlert(other, "danger", "machina check found problems", rest.join("\n"));
+        else hideAlert(other);
+        form.querySelector(".has-error .pf-c-form-control, .has-error input")?.scrollIntoView({ block: "center" });
     }
 
     /* A line diff (longest common subsequence; machine files are small). */
@@ -419,19 +682,14 @@
     async function review(ev) {
         ev.preventDefault();
         $("#review-panel").hidden = true;
+        hideAlert($("#apply-result")); // a previous save's or apply's
         const { text, problems } = editedText();
         const form = $("#editor");
         if (problems.length) return showProblems(form, problems, $("#other-errors"));
         const found = await checkText(vm.name, text);
         showProblems(form, found, $("#other-errors"));
         if (found.length) return;
-        if (text === vm.text) {
-            const o = $("#other-errors");
-            o.className = "pf-c-alert pf-m-info";
-            o.textContent = "No changes.";
-            o.hidden = false;
-            return;
-        }
+        if (text === vm.text) return setAlert($("#other-errors"), "info", "No changes.");
         pending = text;
         const d = $("#diff");
         d.replaceChildren(...diffLines(vm.text, text)
@@ -452,18 +710,13 @@
             pending = null;
             $("#review-panel").hidden = true;
             setFile(text, tag);
-            const box = $("#apply-result");
-            box.className = "pf-c-alert pf-m-success";
-            box.textContent = "Saved " + vm.path + ". Apply runs machina gen to update the unit and launch plan.";
-            box.hidden = false;
+            setAlert($("#apply-result"), "success", "Saved " + vm.path + ".",
+                "Apply runs machina gen to update the unit and launch plan.");
             refreshList();
         }, (ex) => {
-            const o = $("#other-errors");
-            o.className = "pf-c-alert pf-m-danger";
-            o.textContent = ex.problem === "change-conflict"
+            setAlert($("#other-errors"), "danger", ex.problem === "change-conflict"
                 ? vm.path + " changed on disk since it was loaded: revert and edit again"
-                : "Cannot save " + vm.path + ": " + cockpit.message(ex);
-            o.hidden = false;
+                : "Cannot save " + vm.path + ": " + cockpit.message(ex));
         });
     }
 
@@ -475,7 +728,7 @@
 
     async function apply() {
         const box = $("#apply-result");
-        box.hidden = true;
+        hideAlert(box);
         // `gen --json` reports {"changed": [...], "unchanged": [...]}; an older
         // machina without it (usage error, exit 2) gets a plain `gen`.
         let r = await machina([...genArgs(), "--json", vm.name]);
@@ -486,58 +739,73 @@
         }
         const m = machines.find(x => x.name === vm.name);
         const running = m && simpleState(m) === "running";
-        let msg;
+        let title, msg;
         if (!r.ok) {
-            msg = "machina gen " + vm.name + " failed:\n" + (r.err || r.out);
+            title = "machina gen " + vm.name + " failed";
+            msg = r.err || r.out;
         } else if (report && Array.isArray(report.changed)) {
-            msg = report.changed.length
-                ? "Changed:\n  " + report.changed.join("\n  ") + (running ? "\nRestart the machine for the change to take effect." : "")
-                : "Nothing changed: the unit and plan were up to date.";
+            title = report.changed.length ? "Changed:" : "Nothing changed: the unit and plan were up to date.";
+            msg = report.changed.join("\n") + (report.changed.length && running ? "\nRestart the machine for the change to take effect." : "");
         } else {
-            msg = "Generated the unit and launch plan of " + vm.name + "." + (r.out.trim() ? "\n" + r.out.trim() : "") +
-                (running ? "\nRestart the machine for a changed configuration to take effect." : "");
+            title = "Generated the unit and launch plan of " + vm.name + ".";
+            msg = r.out.trim() + (running ? "\nRestart the machine for a changed configuration to take effect." : "");
         }
-        box.className = "pf-c-alert " + (r.ok ? "pf-m-success" : "pf-m-danger");
-        box.textContent = msg;
-        box.hidden = false;
+        setAlert(box, r.ok ? "success" : "danger", title, msg.trim());
         refreshList();
+    }
+
+    /* A value of `inspect --json` as text: lists one entry a line, objects
+     * as "key: value", nothing as a dash. */
+    function inspectText(v) {
+        if (v === null || v === undefined || v === "") return "—";
+        if (Array.isArray(v)) return v.length ? v.map(inspectText).join("\n") : "—";
+        if (typeof v === "object") {
+            // A volume or TAP: its name first, then the rest.
+            const { name, ...rest } = v;
+            const parts = Object.entries(rest).filter(([, x]) => x !== null && x !== "" && x !== false)
+                .map(([k, x]) => k + ": " + (typeof x === "object" ? JSON.stringify(x) : x));
+            return (name !== undefined ? name + (parts.length ? " — " : "") : "") + parts.join(", ");
+        }
+        if (typeof v === "boolean") return v ? "yes" : "no";
+        return String(v);
     }
 
     async function loadInspect(name) {
         const dl = $("#inspect");
-        const note = $("#inspect-note");
         dl.replaceChildren();
-        // `inspect --json` is the richer view; older machina: status + cat.
-        const ins = await machina(["inspect", "--json", name]);
-        let rows = [];
-        const data = ins.ok ? parseJson(ins.out) : null;
-        if (data) {
-            const o = Array.isArray(data) ? data[0] : data;
-            rows = Object.entries(o).map(([k, v]) => [k, typeof v === "object" && v !== null ? JSON.stringify(v) : v]);
-            note.textContent = "";
-        } else {
-            const st = parseJson((await machina(["status", "--json", name])).out);
-            const c = (parseJson((await machina(["cat", "--json", name])).out) || [])[0] || {};
-            const m = st?.machines?.[0] || {};
-            const u = m.unit || {};
-            rows = [
-                ["State", simpleState(m)],
-                ["Unit", u.unit || "—"],
-                ["Since", since(m) || "—"],
-                ["Main PID", u["main-pid"] || "—"],
-                ["UID", u["main-uid"] ?? "—"],
-                ["QMP answers", m.qmp ? "yes" : "no"],
-                ["Changed since gen", m["config-changed-since-gen"] === null ? "not generated" : m["config-changed-since-gen"] ? "yes" : "no"],
-                ["ID", c.id || "—"],
-                ["Tags", (c.tags || []).join(", ") || "—"],
-                ["RAM", c["ram-mib"] ? c["ram-mib"] + " MiB" : "—"],
-                ["CPU", c.cpu ? c.cpu.sockets + " × " + c.cpu.cores + " × " + c.cpu.threads : "—"],
-                ["Volumes", (c.volumes || []).map(v => v.name).join(", ") || "—"],
-                ["Connections", (c.connections || []).map(v => v.name + " (" + v.mac + ")").join(", ") || "—"],
-            ];
-            note.textContent = "From machina status and cat (this machina has no inspect command).";
+        const r = await machina(["inspect", "--json", name]);
+        const data = parseJson(r.out);
+        const o = Array.isArray(data) ? data[0] : data;
+        if (!o) {
+            dl.append(el("p", { class: "muted" }, "machina inspect --json " + name + " failed: " + (r.err || r.out)));
+            return;
         }
-        for (const [k, v] of rows) dl.append(el("dt", {}, k), el("dd", {}, v === null || v === undefined ? "—" : v));
+        const rows = [
+            ["State", o.state],
+            ["Since", o.since ? new Date(o.since * 1000).toLocaleString() : null],
+            ["Enabled", o.enabled],
+            ["UUID", o.uuid],
+            ["Unit", o.unit && [o.unit.name, o.unit["active-state"], o.unit["sub-state"]].filter(Boolean).join(" · ")],
+            ["Main PID", o["main-pid"]],
+            ["UID / GID", o["main-uid"] != null ? o["main-uid"] + " / " + o["main-gid"] : o["vm-uid"]],
+            ["Changed since gen", o["config-changed-since-gen"] === null ? "not generated" : o["config-changed-since-gen"]],
+            ["Plan", o.plan],
+            ["Accelerator", o.accelerator],
+            ["QMP", o.qmp ? (o.qmp.answers ? "answers" : "does not answer") : null],
+            ["Spice", o.spice],
+            ["Guest agent", o.agent],
+            ["TAPs", o.taps],
+            ["Volumes", o.volumes],
+            ["TPM", o.tpm],
+            ["Console", o.console],
+            ["Errors", o.errors],
+        ];
+        for (const [k, v] of rows) {
+            dl.append(el("div", { class: "pf-c-description-list__group" },
+                el("dt", { class: "pf-c-description-list__term" }, el("span", { class: "pf-c-description-list__text" }, k)),
+                el("dd", { class: "pf-c-description-list__description" },
+                    el("div", { class: "pf-c-description-list__text", "data-key": k }, inspectText(v)))));
+        }
     }
 
     async function loadArgs(name) {
@@ -546,21 +814,37 @@
     }
 
     async function loadLogs(name) {
-        const src = $("#logs-source");
-        let r = await machina(["logs", "-n", "100", name]);
-        if (r.ok) {
-            src.textContent = "machina logs " + name;
-        } else {
-            // No `machina logs` yet: the unit's journal.
-            r = await run(["journalctl", "--no-pager", "-n", "100", "-u", "machina-qemu-" + name + ".service"]);
-            src.textContent = "journalctl -u machina-qemu-" + name + ".service";
-        }
+        const r = await machina(["logs", "-n", "100", name]);
+        $("#logs-source").textContent = "machina logs -n 100 " + name + (r.ok ? "" : " failed");
         $("#logs").textContent = (r.out || r.err || "").trim() || "(no entries)";
-        // The serial console's log comes with `machina logs --console` (issue
-        // 11); until then the page says where it is not.
-        const c = await machina(["logs", "--console", "-n", "100", name]);
-        $("#console-log").textContent = c.ok ? (c.out.trim() || "(empty)")
-            : "No console log: this machina has no `logs --console` command.";
+        // What the guest wrote to its serial console (attrs.console); machina
+        // says why not when there is none or the VM is not running.
+        const c = await machina(["console", "--log", name]);
+        $("#console-log").textContent = c.ok ? (c.out.trim() || "(empty)") : (c.err || c.out).trim();
+    }
+
+    /* PatternFly tabs: a click or the arrow keys select one, showing its panel. */
+    function wireTabs(box) {
+        const tabs = [...box.querySelectorAll('[role="tab"]')];
+        const select = (t) => {
+            for (const x of tabs) {
+                const on = x === t;
+                x.setAttribute("aria-selected", String(on));
+                x.tabIndex = on ? 0 : -1;
+                x.parentElement.classList.toggle("pf-m-current", on);
+                document.getElementById(x.getAttribute("aria-controls")).hidden = !on;
+            }
+        };
+        for (const t of tabs) {
+            t.addEventListener("click", () => select(t));
+            t.addEventListener("keydown", (ev) => {
+                const step = ev.key === "ArrowRight" ? 1 : ev.key === "ArrowLeft" ? -1 : 0;
+                if (!step) return;
+                const next = tabs[(tabs.indexOf(t) + step + tabs.length) % tabs.length];
+                select(next);
+                next.focus();
+            });
+        }
     }
 
     /* ---- New VM and dissolve ---- */
@@ -610,7 +894,7 @@
         // null while Cockpit is still asking: no changes offered, no notice yet.
         admin = allowed === true;
         $("#readonly").hidden = allowed !== false;
-        for (const b of document.querySelectorAll("button.admin, .admin button, .admin input, #editor input, #editor textarea"))
+        for (const b of document.querySelectorAll("button.admin, .admin button, .admin input, #editor input, #editor textarea, #editor select, #editor button:not([role=\"tab\"])"))
             b.disabled = !admin;
         renderList();
     }
@@ -637,11 +921,15 @@
         }
     }
 
-    async function loadHostTags() {
-        const r = await machina(["cat", "--json", "system"]);
+    /* The host file (its tags, pools, networks, device classes) and the
+     * machine file's schema, which the forms are built from. */
+    async function loadHost() {
+        const [r, sch] = await Promise.all([machina(["cat", "--json", "system"]), machina(["schema", "machine"])]);
         const sys = parseJson(r.out);
-        const host = Array.isArray(sys) ? sys[0] : sys;
-        hostTags = Object.keys((host && (host.tag || host.tags)) || {}).sort();
+        hostFile = (Array.isArray(sys) ? sys[0] : sys) || {};
+        hostTags = Object.keys(hostFile.tag || {}).sort();
+        schema = parseJson(sch.out);
+        if (!schema) showError("machina schema machine failed: " + (sch.err || sch.out));
     }
 
     async function init() {
@@ -655,7 +943,19 @@
         $("#editor").addEventListener("submit", review);
         $("#save").addEventListener("click", save);
         $("#cancel-save").addEventListener("click", () => { pending = null; $("#review-panel").hidden = true; });
-        $("#revert").addEventListener("click", () => { clearErrors($("#editor")); fillForm(vm.obj); });
+        $("#revert").addEventListener("click", () => {
+            clearErrors($("#editor"));
+            base = vm.obj;
+            fillForm(base);
+            $("#f-json").value = vm.text;
+        });
+        $("#mode-form").addEventListener("click", () => setMode("form"));
+        $("#mode-json").addEventListener("click", () => setMode("json"));
+        for (const t of ["#mode-form", "#mode-json"])
+            $(t).addEventListener("keydown", (ev) => {
+                if (ev.key === "ArrowRight" || ev.key === "ArrowLeft")
+                    if (setMode(mode === "form" ? "json" : "form")) $(mode === "form" ? "#mode-form" : "#mode-json").focus();
+            });
         $("#apply").addEventListener("click", apply);
         $("#dissolve").addEventListener("click", () => {
             $("#dissolve-name").textContent = vm.name;
@@ -668,7 +968,8 @@
             b.addEventListener("click", () => lifecycle(b.dataset.action, vm.name));
         $("#back").addEventListener("click", (ev) => { ev.preventDefault(); cockpit.location.go([]); });
         cockpit.addEventListener("locationchanged", route);
-        await loadHostTags();
+        wireTabs($("#tabs"));
+        await loadHost();
         await refreshList();
         await route();
         setAdmin(perm.allowed);

@@ -106,8 +106,9 @@ function machina(...args) {
 }
 const setField = `
     const e = d.querySelector(arg.sel);
+    if (!e) throw new Error("no element " + arg.sel);
     e.value = arg.value;
-    e.dispatchEvent(new w.Event("input", { bubbles: true }));
+    e.dispatchEvent(new w.Event(e.tagName === "SELECT" ? "change" : "input", { bubbles: true }));
     return true;`;
 
 // 1. The shell loads the page in its iframe; the rows equal `list --json`.
@@ -121,6 +122,21 @@ const rows = await waitFor(`
         description: r.querySelector('[data-label="description"]').textContent,
     }));`, "the overview's rows");
 assertEq(rows, list.map((m) => ({ name: m.name, description: m.description })), "overview rows equal machina list --json (inside the shell's iframe)");
+
+// PatternFly's own stylesheet styles the page: its variables are defined
+// and a primary button has PatternFly's blue, from patternfly.css.
+const pf = await inFrame(`
+    const sheet = [...d.styleSheets].find(x => (x.href || "").endsWith("/patternfly.css"));
+    const b = d.querySelector("#new-vm");
+    return {
+        sheetRules: sheet ? sheet.cssRules.length > 1000 : false,
+        variable: w.getComputedStyle(d.documentElement).getPropertyValue("--pf-global--primary-color--100").trim(),
+        button: w.getComputedStyle(b).backgroundColor,
+        table: w.getComputedStyle(d.querySelector("#vms")).getPropertyValue("--pf-c-table--cell--FontSize").trim() !== "",
+    };`);
+// (Read-only, the button is disabled: PatternFly's disabled grey.)
+assertEq(pf.value, { sheetRules: true, variable: "#06c", button: env.READ_ONLY === "1" ? "rgb(210, 210, 210)" : "rgb(0, 102, 204)", table: true },
+    "PatternFly's stylesheet is loaded (its variables, a primary button's colour, the table's own variables)");
 
 if (env.READ_ONLY === "1") {
     // Without administrative access: the page says so and offers no change.
@@ -137,8 +153,10 @@ if (env.READ_ONLY === "1") {
         apply: d.querySelector("#apply").disabled,
         start: d.querySelector('[data-action="start"]').disabled,
         dissolve: d.querySelector("#dissolve").disabled,
+        addVolume: d.querySelector("#add-volume").disabled,
+        volumeInputs: [...d.querySelectorAll('.list-editor[data-list="volumes"] tbody :is(input, select, button)')].every(e => e.disabled),
     };`, "web-01's page, read-only");
-    assertEq(Object.values(vmRo), [true, true, true, true, true], "read-only: the editor and the lifecycle buttons are disabled");
+    assertEq(Object.values(vmRo), [true, true, true, true, true, true, true], "read-only: the editor, its list forms and the lifecycle buttons are disabled");
     finish(0, "cockpit page (read-only): all assertions passed in " + ((Date.now() - t0) / 1000).toFixed(1) + " s");
 }
 await shot("cockpit-overview.png");
@@ -155,6 +173,20 @@ const before = readFileSync(file, "utf8");
 await inFrame(`d.querySelector('a[href="#/vm/web-01"]').click(); return true;`);
 await waitFor(`return d.querySelector("#f-description").value === "Web front end (Debian 12)" &&
     d.querySelector("#args").textContent.includes("-name web-01");`, "web-01's page");
+// The inspect card, and the tabs below: journal (machina logs), console
+// log (machina console --log), QEMU arguments.
+const views = await waitFor(`return d.querySelector('[data-key="UUID"]') && d.querySelector("#logs-source").textContent && {
+    uuid: d.querySelector('[data-key="UUID"]').textContent,
+    logs: d.querySelector("#logs-source").textContent.startsWith("machina logs -n 100 web-01"),
+    console: d.querySelector("#console-log").textContent !== "",
+};`, "the inspect card and the logs");
+assertEq(views, { uuid: JSON.parse(machina("inspect", "--json", "web-01"))[0].uuid, logs: true, console: true },
+    "the overview card is inspect --json; the journal comes from machina logs");
+const tabbed = await inFrame(`d.querySelector("#tab-args").click();
+    const shown = ["logs", "console", "args"].filter(p => !d.getElementById("panel-" + p).hidden);
+    d.querySelector("#tab-logs").click();
+    return shown;`);
+assertEq(tabbed.value, ["args"], "the QEMU arguments tab shows only its panel");
 await inFrame(setField, { sel: "#f-description", value: "Web front end (edited in Cockpit)" });
 await inFrame(`d.querySelector("#review").click(); return true;`);
 const diff = await waitFor(`const p = d.querySelector("#review-panel"); return !p.hidden && d.querySelector("#diff").textContent;`, "the diff");
@@ -166,8 +198,61 @@ await waitFor(`const b = d.querySelector("#apply-result"); return !b.hidden && b
 const after = readFileSync(file, "utf8");
 assertEq(after, before.replace("Web front end (Debian 12)", "Web front end (edited in Cockpit)"), "saved file: only the description changed, formatting kept");
 assertEq(JSON.parse(machina("cat", "--json", "web-01"))[0].description, "Web front end (edited in Cockpit)", "machina cat --json shows the new description");
+
+// 2b. A volume added through the form built from `machina schema machine`:
+// a row of typed inputs, the storage pool chosen from the host file's.
+const vols = `.list-editor[data-list="volumes"] tbody tr`;
+const volRows = await waitFor(`return d.querySelectorAll(${JSON.stringify(vols)}).length;`, "the volume rows");
+assertEq(volRows, 2, "the volume form shows web-01's two volumes");
+const pools = await inFrame(`d.querySelector("#add-volume").click();
+    const row = d.querySelectorAll(${JSON.stringify(vols)})[2];
+    return [...row.querySelector('[data-prop="storage"]').options].map(o => o.value).filter(Boolean);`);
+assertEq(pools.value, Object.keys(JSON.parse(machina("cat", "--json", "system"))[0].storage), "the new volume's storage choices are the host file's pools");
+const newVol = vols + `:nth-child(3)`;
+await inFrame(setField, { sel: newVol + ` [data-prop="name"]`, value: "bad name" });
+await inFrame(setField, { sel: newVol + ` [data-prop="storage"]`, value: "vm-disks" });
+await inFrame(`d.querySelector("#review").click(); return true;`);
+const volErr = await waitFor(`return d.querySelector('.field[data-path="volumes.2.name"] .field-error').textContent;`, "the volume name's error");
+if (!/"bad name" is not a volume name/.test(volErr)) fail("unexpected volume name error: " + volErr);
+ok("an invalid volume name: the schema's rule next to the cell: " + volErr);
+assertEq(readFileSync(file, "utf8"), after, "file unchanged after an invalid volume name");
+// A problem only machina finds (a second volume "os"): its message, under the cell it names.
+await inFrame(setField, { sel: newVol + ` [data-prop="name"]`, value: "os" });
+await inFrame(`d.querySelector("#review").click(); return true;`);
+const dupErr = await waitFor(`return d.querySelector('.field[data-path="volumes.2.name"] .field-error').textContent.includes("already") &&
+    d.querySelector('.field[data-path="volumes.2.name"] .field-error').textContent;`, "machina's duplicate volume error");
+if (!/volume "os" is already defined at volumes\[0\]/.test(dupErr)) fail("unexpected duplicate volume error: " + dupErr);
+ok("a duplicate volume name: machina check's message under the cell: " + dupErr);
+await inFrame(setField, { sel: newVol + ` [data-prop="name"]`, value: "scratch" });
+await inFrame(`d.querySelector("#review").click(); return true;`);
+const volDiff = await waitFor(`const p = d.querySelector("#review-panel"); return !p.hidden && d.querySelector("#diff").textContent;`, "the volume's diff");
+if (!volDiff.includes('+ \t\t\t"name": "scratch",')) fail("diff lacks the new volume:\n" + volDiff);
+await inFrame(`d.querySelector("#save").click(); return true;`);
+await waitFor(`const b = d.querySelector("#apply-result"); return !b.hidden && b.textContent.startsWith("Saved") && d.querySelectorAll(${JSON.stringify(vols)}).length === 3;`, "the volume saved");
+const withVol = readFileSync(file, "utf8");
+assertEq(JSON.parse(withVol).volumes, [...JSON.parse(after).volumes, { name: "scratch", storage: "vm-disks" }], "saved file: the new volume, after the others");
+try {
+    execFileSync(bin, ["--config-dir", cfg, "check", "web-01"], { stdio: "pipe" });
+} catch (e) {
+    fail("machina check rejects the file with the new volume: " + e.stderr);
+}
+ok("machina check accepts the file with the new volume");
+assertEq(JSON.parse(machina("cat", "--json", "web-01"))[0].volumes.map((v) => v.name), ["os", "data", "scratch"], "machina cat --json lists the new volume");
+// The JSON view (every key, the escape hatch): the file as saved; an edit
+// there shows in the form.
+await inFrame(`d.querySelector("#mode-json").click(); return true;`);
+const jsonText = await waitFor(`return !d.querySelector("#json-fields").hidden && d.querySelector("#f-json").value;`, "the JSON view");
+assertEq(jsonText, withVol, "the JSON view holds the machine file as saved");
+await inFrame(setField, { sel: "#f-json", value: withVol.replace('"queues": 4', '"queues": 2') });
+await inFrame(`d.querySelector("#mode-form").click(); return true;`);
+const queues = await waitFor(`return !d.querySelector("#form-fields").hidden &&
+    d.querySelector('.list-editor[data-list="connections"] tbody tr input[data-prop="queues"]').value;`, "the form after the JSON view");
+assertEq(queues, "2", "an edit in the JSON view shows in the form");
+await inFrame(`d.querySelector("#revert").click(); return true;`);
 await inFrame(`w.scrollTo(0, 0); return true;`);
 await shot("cockpit-vm.png");
+await inFrame(`d.querySelector("#lists").scrollIntoView(); return true;`);
+await shot("cockpit-vm-lists.png");
 
 // 3. An invalid value: machina's message next to the field, file unchanged.
 await inFrame(setField, { sel: "#f-ram", value: "lots" });
@@ -175,7 +260,7 @@ await inFrame(`d.querySelector("#review").click(); return true;`);
 const err = await waitFor(`return d.querySelector('.field[data-path="attrs.memory.ram"] .field-error').textContent;`, "the RAM error");
 if (!/invalid type: string "lots"/.test(err)) fail("unexpected RAM error: " + err);
 ok("RAM \"lots\": machina's message next to the field: " + err);
-assertEq(readFileSync(file, "utf8"), after, "file unchanged after an invalid value");
+assertEq(readFileSync(file, "utf8"), withVol, "file unchanged after an invalid value");
 if (await inFrame(`return !d.querySelector("#review-panel").hidden;`).then((r) => r.value)) fail("save offered despite the problem");
 
 // 4. Apply: `gen --root` into the temporary tree writes the unit and plan.
