@@ -174,14 +174,34 @@ pub fn go_duration(d: Duration) -> String {
 
 /// Characters that never need quoting in a unit value.
 fn is_plain(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_@+=:,./-".contains(c)
+    c.is_ascii() && PLAIN[c as usize]
 }
+
+/// [`is_plain`] as a table of the ASCII bytes.
+const PLAIN: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'_' | b'@' | b'+' | b'=' | b':' | b',' | b'.' | b'/' | b'-'
+            );
+        b += 1;
+    }
+    t
+};
 
 /// Escapes one word for a unit file. `exec` adds `$` → `$$`, which only
 /// command lines (`Exec*=`) expand. Words with anything but plain characters
 /// are double-quoted with `\` and `"` backslash-escaped (systemd.syntax(7)).
 /// Control characters are refused by the callers before this.
 pub(crate) fn escape_word(s: &str, exec: bool) -> String {
+    // The common case: nothing to escape or quote.
+    if !s.is_empty() && s.bytes().all(|b| b < 128 && PLAIN[usize::from(b)]) {
+        return s.to_owned();
+    }
     let mut body = String::with_capacity(s.len() + 2);
     let mut plain = !s.is_empty();
     for c in s.chars() {
@@ -261,12 +281,32 @@ pub const NOFILE: u32 = 16384;
 
 /// Whether a grant path is a device node under `/dev` (a block device).
 fn is_dev(p: &Path) -> bool {
-    p.starts_with("/dev")
+    under(p, "/dev")
 }
 
 /// Whether a path is hidden by `ProtectHome=yes`.
 fn under_home(p: &Path) -> bool {
-    p.starts_with("/home") || p.starts_with("/root") || p.starts_with("/run/user")
+    under(p, "/home") || under(p, "/root") || under(p, "/run/user")
+}
+
+/// `p.starts_with(dir)` for an absolute `dir` of plain components,
+/// compared as text unless `p` begins with something `Path` would take
+/// apart (`//`, `/.`): this runs for every file of every unit.
+fn under(p: &Path, dir: &str) -> bool {
+    let b = p.as_os_str().as_encoded_bytes();
+    if let Some(rest) = b.strip_prefix(dir.as_bytes()) {
+        if rest.is_empty() || rest[0] == b'/' {
+            return true;
+        }
+    }
+    let head = &b[..b.len().min(dir.len() + 2)];
+    if head
+        .windows(2)
+        .any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'))
+    {
+        return p.starts_with(dir);
+    }
+    false
 }
 
 /// Renders `machina-qemu-<vm>.service` for `plan`.
@@ -301,7 +341,8 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     let needs = &plan.needs;
     let vfio = needs.devices.contains(&DeviceNode::Vfio);
 
-    let mut u = String::new();
+    // A unit is 2–4 KiB: one allocation rather than a series of regrowths.
+    let mut u = String::with_capacity(4096);
     let mut line = |s: &str| {
         u.push_str(s);
         u.push('\n');
@@ -451,7 +492,7 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     }
     for (p, mode) in &devices {
         // /dev/vfio/vfio comes with the /dev/vfio directory bound below.
-        if !Path::new(p).starts_with("/dev/vfio") {
+        if !under(Path::new(p), "/dev/vfio") {
             line(&format!("BindPaths=-{}", escape_word(p, false)));
         }
         line(&format!("DeviceAllow={} {mode}", escape_word(p, false)));
@@ -503,7 +544,7 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     if plan
         .grants
         .iter()
-        .any(|g| g.path.starts_with("/tmp") || g.path.starts_with("/var/tmp"))
+        .any(|g| under(&g.path, "/tmp") || under(&g.path, "/var/tmp"))
     {
         // A grant in /tmp would be hidden by a private /tmp; the shared one
         // stays, read-only like the rest of the system (ProtectSystem=strict).
@@ -592,6 +633,63 @@ mod tests {
             .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn under_agrees_with_path_starts_with() {
+        for p in [
+            "/dev",
+            "/dev/",
+            "/devx",
+            "/dev/kvm",
+            "//dev/kvm",
+            "/./dev/kvm",
+            "/dev/../tmp",
+            "/tmp",
+            "/tmp/a",
+            "/tmpa/b",
+            "/var/tmp/x",
+            "/home",
+            "/homes/a",
+            "dev/kvm",
+            "",
+            "/run/user/1000/x",
+            "/run/users",
+        ] {
+            for dir in [
+                "/dev",
+                "/tmp",
+                "/var/tmp",
+                "/home",
+                "/run/user",
+                "/dev/vfio",
+            ] {
+                assert_eq!(
+                    under(Path::new(p), dir),
+                    Path::new(p).starts_with(dir),
+                    "{p} under {dir}"
+                );
+            }
+        }
+        for w in [
+            "a",
+            "",
+            "a b",
+            "%",
+            "a$b",
+            "é",
+            "x\\y",
+            "a\"b",
+            "/usr/bin/machina-launch",
+        ] {
+            let slow = {
+                let plain = !w.is_empty() && w.chars().all(is_plain);
+                plain.then(|| w.to_owned())
+            };
+            if let Some(s) = slow {
+                assert_eq!(escape_word(w, true), s);
+            }
+        }
     }
 
     #[test]
