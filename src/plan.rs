@@ -242,9 +242,16 @@ impl Plan {
 
     /// Serializes the plan as pretty JSON with a trailing newline.
     pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).expect("plan serializes");
-        s.push('\n');
-        s
+        let mut buf = Vec::with_capacity(8192);
+        self.write_json(&mut buf);
+        String::from_utf8(buf).expect("serde_json writes UTF-8")
+    }
+
+    /// Appends [`Plan::to_json`]'s text to `buf` (a buffer reused across
+    /// thousands of plans by `gen`).
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        serde_json::to_writer_pretty(&mut *buf, self).expect("plan serializes");
+        buf.push(b'\n');
     }
 
     /// Checks the invariants the launcher relies on.

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{machine_names, parallel_map, CliError, EXIT_FAILURE};
+use super::{exact_text, machine_names, parallel_map, CliError, EXIT_FAILURE};
 use crate::config::{self, ConfigDir};
 use crate::plan::{plan_for, IdRequest, TakenIds};
 use crate::qemu;
@@ -104,6 +104,8 @@ pub fn generate(
     }
 
     if mode == Mode::Preview {
+        // Block-buffered: stdout is line-buffered, a write per line.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
         for (i, vm) in vms.iter().enumerate() {
             if i > 0 {
                 writeln!(out)?;
@@ -117,6 +119,7 @@ pub fn generate(
                 out.write_all(s.as_bytes())?;
             }
         }
+        out.flush()?;
         return Ok(0);
     }
 
@@ -248,7 +251,9 @@ fn build(
     opts.launcher = target.bin_dir.join("machina-launch");
     opts.machina = target.bin_dir.join("machina");
     opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
+    // Copied into allocations of their own size (see `exact_text`).
     let unit = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+    let unit = exact_text(|buf| buf.extend_from_slice(unit.as_bytes()));
     let swtpm = swtpm_unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
     let unit_dir = under_root(target.root, target.unit_dir);
     Ok(Built {
@@ -259,7 +264,7 @@ fn build(
         uid,
         plan_path: under_root(target.root, target.plan_dir).join(format!("{}.json", plan.machine)),
         unit_path: unit_dir.join(unit::unit_name(&plan.machine)),
-        plan: plan.to_json(),
+        plan: exact_text(|buf| plan.write_json(buf)),
         unit,
     })
 }

@@ -443,7 +443,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             let results = parallel_map(&names, |name| -> Result<String, ConfigError> {
                 let m = config::load_machine(&dir, &host, name)?;
                 warn_refusals(&[&m]);
-                Ok(qemu::options_line(&qemu::build(&m)?.options))
+                let hw = qemu::build(&m)?;
+                Ok(exact_text(|buf| qemu::write_options_line(&hw.options, buf)))
             });
             // Every machine's problems are reported, not only the first's.
             let mut problems = Problems::default();
@@ -628,6 +629,21 @@ fn cat(
         }
     }
     Ok(())
+}
+
+/// The text `write` appends to an empty buffer, in an allocation of its own
+/// size. The buffer is kept per thread: generating thousands of VMs then
+/// neither regrows a buffer per text nor keeps the slack of a grown one
+/// (each VM's texts are all held until every VM has built).
+fn exact_text(write: impl FnOnce(&mut Vec<u8>)) -> String {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        write(buf);
+        String::from_utf8(buf.as_slice().to_vec()).expect("texts are built as UTF-8")
+    })
 }
 
 /// Maps `f` over `items` on every available core, keeping the order (a

@@ -959,6 +959,9 @@ fn resolve_volume(
 /// Lexically cleans an absolute path: `.` and empty components dropped,
 /// `..` resolved (never above `/`), no trailing slash.
 fn clean(p: &Path) -> PathBuf {
+    if is_clean(p) {
+        return p.to_owned();
+    }
     let mut out = PathBuf::from("/");
     for c in p.components() {
         match c {
@@ -970,6 +973,18 @@ fn clean(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Whether [`clean`] would return `p` unchanged (the common case, checked
+/// without taking the path apart): absolute, no empty, `.` or `..`
+/// component, no trailing slash.
+fn is_clean(p: &Path) -> bool {
+    let b = p.as_os_str().as_encoded_bytes();
+    b == b"/"
+        || (b.first() == Some(&b'/')
+            && b[1..]
+                .split(|&c| c == b'/')
+                .all(|c| !matches!(c, b"" | b"." | b"..")))
 }
 
 fn resolve_connection(

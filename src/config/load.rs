@@ -172,7 +172,11 @@ pub struct MachineScan {
 fn read_limited(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let f = std::fs::File::open(path)?;
-    let mut text = String::new();
+    // Sized from fstat: one read for a regular file (and one for its end)
+    // rather than a series of growing reads; the cap still holds for files
+    // whose size says nothing (a pipe, /proc).
+    let size = f.metadata().map_or(0, |m| m.len()).min(MAX_FILE_BYTES);
+    let mut text = String::with_capacity(size as usize + 1);
     f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_FILE_BYTES {
         return Err(std::io::Error::other(format!(

@@ -88,7 +88,11 @@ impl Opt {
 
     /// An option with parameters.
     pub fn new(kind: &'static str) -> Opt {
-        Opt::flag(kind)
+        Opt {
+            kind,
+            // Most options have a few parameters: no regrowth per push.
+            params: Vec::with_capacity(8),
+        }
     }
 
     /// Appends a bare word.
@@ -119,7 +123,10 @@ impl Opt {
 
     /// The `-kind` argument.
     pub fn dash_kind(&self) -> String {
-        format!("-{}", self.kind)
+        let mut s = String::with_capacity(self.kind.len() + 1);
+        s.push('-');
+        s.push_str(self.kind);
+        s
     }
 
     /// The parameter string, or `None` when there are no parameters.
@@ -127,13 +134,13 @@ impl Opt {
         if self.params.is_empty() {
             return None;
         }
-        let mut s = String::new();
+        let mut s = Vec::new();
         self.write_params(&mut s);
-        Some(s)
+        Some(String::from_utf8(s).expect("parameters are UTF-8"))
     }
 
     /// Appends the parameter string to `s`.
-    fn write_params(&self, s: &mut String) {
+    fn write_params(&self, s: &mut Vec<u8>) {
         let len: usize = self
             .params
             .iter()
@@ -146,14 +153,14 @@ impl Opt {
         s.reserve(len);
         for (i, p) in self.params.iter().enumerate() {
             if i > 0 {
-                s.push(',');
+                s.push(b',');
             }
             match p {
-                Param::Word(w) => s.push_str(w),
+                Param::Word(w) => s.extend_from_slice(w.as_bytes()),
                 Param::Value(v) => push_escaped(s, v),
                 Param::Named(n, v) => {
-                    s.push_str(n);
-                    s.push('=');
+                    s.extend_from_slice(n.as_bytes());
+                    s.push(b'=');
                     push_escaped(s, v);
                 }
             }
@@ -162,38 +169,48 @@ impl Opt {
 }
 
 /// Doubles every comma, QEMU's escape for a literal comma in a value.
-fn push_escaped(out: &mut String, v: &str) {
+fn push_escaped(out: &mut Vec<u8>, v: &str) {
     if !v.as_bytes().contains(&b',') {
-        out.push_str(v);
+        out.extend_from_slice(v.as_bytes());
         return;
     }
     for (i, part) in v.split(',').enumerate() {
         if i > 0 {
-            out.push_str(",,");
+            out.extend_from_slice(b",,");
         }
-        out.push_str(part);
+        out.extend_from_slice(part.as_bytes());
     }
 }
 
 /// Renders options as the one line `machina args` prints (see
 /// [`argv_line`]), without building the argv first.
 pub fn options_line(opts: &[Opt]) -> String {
-    let mut line = String::with_capacity(opts.len() * 48);
-    let mut scratch = String::with_capacity(256);
+    let mut line = Vec::with_capacity(opts.len() * 64);
+    write_options_line(opts, &mut line);
+    String::from_utf8(line).expect("options are UTF-8")
+}
+
+/// Appends [`options_line`]'s text to `line`.
+pub fn write_options_line(opts: &[Opt], line: &mut Vec<u8>) {
     for (i, o) in opts.iter().enumerate() {
         if i > 0 {
-            line.push(' ');
+            line.push(b' ');
         }
-        line.push('-');
-        line.push_str(o.kind);
+        line.push(b'-');
+        line.extend_from_slice(o.kind.as_bytes());
         if !o.params.is_empty() {
-            scratch.clear();
-            o.write_params(&mut scratch);
-            line.push(' ');
-            line.push_str(&shell_quote(&scratch));
+            line.push(b' ');
+            // Written in place; quoted (rare) only when it needs to be.
+            let start = line.len();
+            o.write_params(line);
+            if !is_shell_safe(&line[start..]) {
+                let params = std::str::from_utf8(&line[start..]).expect("parameters are UTF-8");
+                let quoted = shell_quote(params).into_owned();
+                line.truncate(start);
+                line.extend_from_slice(quoted.as_bytes());
+            }
         }
     }
-    line
 }
 
 /// Renders options as an argv (after `argv[0]`).
@@ -240,9 +257,14 @@ const SHELL_SAFE: [bool; 256] = {
     t
 };
 
+/// Whether `s` needs no quoting for a POSIX shell.
+fn is_shell_safe(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| SHELL_SAFE[usize::from(b)])
+}
+
 /// Quotes `s` for a POSIX shell when needed.
 pub fn shell_quote(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.is_empty() && s.bytes().all(|b| SHELL_SAFE[usize::from(b)]) {
+    if is_shell_safe(s.as_bytes()) {
         s.into()
     } else {
         format!("'{}'", s.replace('\'', r"'\''")).into()
