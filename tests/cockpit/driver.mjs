@@ -104,6 +104,15 @@ function machina(...args) {
         return e.stdout;
     }
 }
+/* What the page shows for a machina command: its output, or its error
+ * message when it fails (the VM has not run here: no console log). */
+function machinaSays(...args) {
+    try {
+        return execFileSync(bin, ["--config-dir", cfg, ...args], { encoding: "utf8", stdio: "pipe" }).trim() || "(empty)";
+    } catch (e) {
+        return (e.stderr || e.stdout).trim();
+    }
+}
 const setField = `
     const e = d.querySelector(arg.sel);
     if (!e) throw new Error("no element " + arg.sel);
@@ -175,12 +184,14 @@ await waitFor(`return d.querySelector("#f-description").value === "Web front end
     d.querySelector("#args").textContent.includes("-name web-01");`, "web-01's page");
 // The inspect card, and the tabs below: journal (machina logs), console
 // log (machina console --log), QEMU arguments.
-const views = await waitFor(`return d.querySelector('[data-key="UUID"]') && d.querySelector("#logs-source").textContent && {
+// Each view loads on its own: wait until all three have.
+const views = await waitFor(`return d.querySelector('[data-key="UUID"]') && d.querySelector("#logs-source").textContent &&
+    d.querySelector("#console-log").textContent && {
     uuid: d.querySelector('[data-key="UUID"]').textContent,
     logs: d.querySelector("#logs-source").textContent.startsWith("machina logs -n 100 web-01"),
-    console: d.querySelector("#console-log").textContent !== "",
+    console: d.querySelector("#console-log").textContent,
 };`, "the inspect card and the logs");
-assertEq(views, { uuid: JSON.parse(machina("inspect", "--json", "web-01"))[0].uuid, logs: true, console: true },
+assertEq(views, { uuid: JSON.parse(machina("inspect", "--json", "web-01"))[0].uuid, logs: true, console: machinaSays("console", "--log", "web-01") },
     "the overview card is inspect --json; the journal comes from machina logs");
 const tabbed = await inFrame(`d.querySelector("#tab-args").click();
     const shown = ["logs", "console", "args"].filter(p => !d.getElementById("panel-" + p).hidden);
