@@ -3,7 +3,9 @@
 //!
 //! The steps, in order (DESIGN.md, privilege model): plan → lock → runtime
 //! directory → TAPs → mediated devices → file grants → `/dev/kvm` → QEMU
-//! binary check → rlimits → drop → exec. Each step returns a guard; if a
+//! binary check → rlimits → network namespace → drop → exec (the
+//! namespace is created by a helper thread from the lock step on, see
+//! [`netns`]). Each step returns a guard; if a
 //! later step fails, `launch` returns and the guards undo everything in
 //! reverse order before the one-line error is printed.
 //!
@@ -252,6 +254,13 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         return refuse("qemu", e);
     }
     steps.done("plan checks");
+    // The network namespace is made by a helper thread while the steps
+    // below run (it costs the kernel milliseconds); entered after the TAPs.
+    let isolation = if plan.network_isolation {
+        Some(netns::Isolation::create().step("network namespace")?)
+    } else {
+        None
+    };
     let root = runtime_dir::open_root().step("runtime directory")?;
     let lock_dir = runtime_dir::open_lock_dir().step("lock")?;
     let lock = FileLock::acquire(
@@ -293,7 +302,7 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         );
     }
     steps.done("lock");
-    let failure = launch(plan, &root, &lock, &mut steps);
+    let failure = launch(plan, &root, &lock, isolation, &mut steps);
     lock.remove();
     Err(failure)
 }
@@ -332,8 +341,14 @@ pub fn lock_fd_number(plan: &Plan) -> i32 {
 }
 
 /// The prepare steps, drop and exec. Guards live here, so returning undoes.
-fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock, steps: &mut log::Steps<'_>) -> Failure {
-    match launch_steps(plan, root, lock, steps) {
+fn launch(
+    plan: &Plan,
+    root: &OwnedFd,
+    lock: &FileLock,
+    isolation: Option<netns::Isolation>,
+    steps: &mut log::Steps<'_>,
+) -> Failure {
+    match launch_steps(plan, root, lock, isolation, steps) {
         Ok(never) => match never {},
         Err(f) => f,
     }
@@ -343,6 +358,7 @@ fn launch_steps(
     plan: &Plan,
     root: &OwnedFd,
     lock: &FileLock,
+    isolation: Option<netns::Isolation>,
     steps: &mut log::Steps<'_>,
 ) -> Result<std::convert::Infallible, Failure> {
     let _dir = runtime_dir::RuntimeDir::prepare(root, &plan.runtime_dir(), plan.uid, plan.gid)
@@ -378,9 +394,10 @@ fn launch_steps(
     if let Some(bytes) = plan.needs.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
-    if plan.network_isolation {
+    if let Some(ns) = isolation {
         // After the TAPs are open: they stay on the host's bridge.
-        netns::isolate().step("network namespace")?;
+        ns.enter().step("network namespace")?;
+        steps.done("network namespace");
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;
