@@ -322,6 +322,12 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
         line(&format!("BindsTo={swtpm}"));
         line(&format!("After={swtpm}"));
     }
+    // Registers the VM with systemd-machined once the launcher runs
+    // (super::machined says why not in an ExecStartPost=).
+    line(&format!(
+        "Wants={}",
+        super::machined::machined_unit_name(&plan.machine)
+    ));
     line("StartLimitIntervalSec=1m0s");
     line("StartLimitBurst=2");
     line("");
