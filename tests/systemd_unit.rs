@@ -41,6 +41,7 @@ fn base(vm: &str) -> Plan {
         needs: HostNeeds::new(Accelerator::Kvm),
         limits: Default::default(),
         network_isolation: false,
+        console_log: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args(&[

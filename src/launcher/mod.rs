@@ -3,7 +3,8 @@
 //!
 //! The steps, in order (DESIGN.md, privilege model): plan → lock → runtime
 //! directory → TAPs → mediated devices → file grants → `/dev/kvm` → QEMU
-//! binary check → rlimits → network namespace → drop → exec (the
+//! binary check → rlimits → network namespace → console log keeper (for a
+//! VM with `attrs.console`, see [`console_log`]) → drop → exec (the
 //! namespace is created by a helper thread from the lock step on, see
 //! [`netns`]). Each step returns a guard; if a
 //! later step fails, `launch` returns and the guards undo everything in
@@ -27,6 +28,7 @@
 //! (see [`qemu_args`]); the QEMU binary and the directories above it must
 //! be root's alone, and the checked fd is what gets executed.
 
+pub mod console_log;
 pub mod log;
 pub mod qemu_args;
 pub mod swtpm;
@@ -90,6 +92,24 @@ pub fn main() -> i32 {
     ensure_stdio();
     log::init();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `--console-log LOG PID`: the console log's keeper, started by the
+    // launcher as the VM's uid (see `console_log`).
+    if args.first().is_some_and(|a| a == "--console-log") {
+        let parent = args.get(2).and_then(|p| p.to_str()?.parse().ok());
+        return match (args.get(1), parent, args.len()) {
+            (Some(log), Some(parent), 3) => match console_log::keep(Path::new(log), parent) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("machina-launch: console log keeper: {e}");
+                    1
+                }
+            },
+            _ => {
+                eprintln!("usage: machina-launch --console-log LOG PID (started by the launcher)");
+                2
+            }
+        };
+    }
     // `--swtpm`: the VM's software TPM instead of QEMU.
     let tpm = args.first().is_some_and(|a| a == "--swtpm");
     if tpm {
@@ -401,6 +421,13 @@ fn launch_steps(
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;
+    if plan.console_log {
+        // After the namespace thread has ended (the fork needs a single
+        // thread) and the terminal is gone; undone by itself: the keeper
+        // ends with the launcher, or with the QEMU it becomes.
+        console_log::start(plan, &prefix).step("console log")?;
+        steps.done("console log");
+    }
     steps.exec(&plan.qemu.binary);
     let hint = format!(
         "(root was already given up; run `machina teardown {}`)",

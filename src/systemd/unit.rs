@@ -585,6 +585,7 @@ mod tests {
             needs: HostNeeds::new(Accelerator::Kvm),
             limits: Default::default(),
             network_isolation: false,
+            console_log: false,
             qemu: QemuExec {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
                 args: args.iter().map(|s| s.to_string()).collect(),
