@@ -52,7 +52,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     });
     let machine = json!({
         "id": uuid::Uuid::new_v4(),
-        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true}},
+        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true}, "console": {"enabled": true}},
         "volumes": [{"name": "os", "storage": "disks"}],
         "connections": [{"name": "0", "network": "lan"}]
     });
@@ -109,7 +109,10 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     );
 
     // The configuration has no direct kernel boot: add it to the plan (and
-    // so to the unit's writable/readable paths) for this test's guest.
+    // so to the unit's writable/readable paths) for this test's guest. Its
+    // console (attrs.console, ttyS0) is logged to console.log, bounded by
+    // the launcher's keeper.
+    assert!(plan.console_log);
     let console = plan.runtime_dir().join("console.log");
     plan.qemu.args.extend([
         "-kernel".into(),
@@ -118,8 +121,6 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         format!("{GUEST}/initrd"),
         "-append".into(),
         image.append.clone(),
-        "-serial".into(),
-        format!("file:{}", console.display()),
         "-no-reboot".into(),
     ]);
     for f in ["vmlinuz", "initrd"] {
@@ -210,6 +211,15 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
             .lines()
             .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
         "{status}"
+    );
+    // The console log's keeper runs under QEMU as the VM's uid.
+    let keeper = c.exec_ok(&["ps", "-o", "uid=,args=", "--ppid", &pid]);
+    assert!(
+        keeper.lines().any(
+            |l| l.split_whitespace().next() == Some(&plan.uid.to_string())
+                && l.contains("--console-log")
+        ),
+        "no console log keeper under QEMU {pid}:\n{keeper}"
     );
     let exe = c.exec_ok(&["readlink", &format!("/proc/{pid}/exe")]);
     assert_eq!(Path::new(exe.trim()), qemu);
