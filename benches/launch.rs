@@ -148,6 +148,7 @@ impl Env {
             // network namespace (the cost is part of the launch);
             // BENCH_NO_ISOLATION=1 measures without it.
             network_isolation: std::env::var_os("BENCH_NO_ISOLATION").is_none(),
+            console_log: false,
             qemu: QemuExec {
                 binary: qemu.to_owned(),
                 args,

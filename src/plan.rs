@@ -109,6 +109,12 @@ pub struct Plan {
     /// (false) in older plans.
     #[serde(default)]
     pub network_isolation: bool,
+    /// QEMU writes the serial console's output to `console.log` in the
+    /// runtime directory (`attrs.console`), so the launcher starts its
+    /// keeper, which bounds the file (see [`crate::launcher::console_log`]).
+    /// Absent (false) in older plans and for VMs without a console.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub console_log: bool,
     /// What to exec.
     pub qemu: QemuExec,
     /// The VM's TPM emulator, when it has one.

@@ -94,8 +94,49 @@ fn console_shows_boot_runs_commands_and_keeps_a_log() {
     again.expect("Ctrl-] detaches", Duration::from_secs(30));
     again.type_bytes(b"echo MACHINA-AGAIN-$((2*3))\r");
     again.expect("MACHINA-AGAIN-6", Duration::from_secs(60));
+
+    // The log's keeper runs beside QEMU as the VM's uid, with nothing.
+    let keeper = common::procs_with_parent(q.pid())
+        .into_iter()
+        .find(|status| status.contains("machina-launc"))
+        .unwrap_or_else(|| panic!("no console log keeper under QEMU {}", q.pid()));
+    for want in [
+        format!("Uid:\t{0}\t{0}\t{0}\t{0}", plan.uid),
+        "CapEff:\t0000000000000000".into(),
+        "CapBnd:\t0000000000000000".into(),
+        "NoNewPrivs:\t1".into(),
+    ] {
+        assert!(keeper.contains(&want), "{want} not in\n{keeper}");
+    }
+
+    // A guest flooding its serial port: 3 MiB, more than the bound. The
+    // log's apparent size grows, what it holds in /run stays bounded.
+    again.type_bytes(b"head -c 3145728 /dev/zero | tr '\\000' x; echo; echo FLOOD-$((1+1))-DONE\r");
+    again.expect("FLOOD-2-DONE", BOOT_TIMEOUT);
     again.type_bytes(&[0x1d]);
     assert!(again.child.wait().unwrap().success());
+    let log_path = plan.runtime_dir().join("console.log");
+    let bound = machina::launcher::console_log::KEEP + (256 << 10);
+    let start = std::time::Instant::now();
+    let (size, held) = loop {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&log_path).unwrap();
+        if m.blocks() * 512 <= bound || start.elapsed() > Duration::from_secs(60) {
+            break (m.size(), m.blocks() * 512);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(size > 3 << 20, "the log has {size} bytes");
+    assert!(held <= bound, "the log holds {held} bytes (bound {bound})");
+    let log = console_cmd(&["--log"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(log.status.success());
+    assert!(!log.stdout.contains(&0), "--log printed a hole");
+    assert!(log.stdout.len() <= 1 << 20);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("FLOOD-2-DONE"));
+    println!("console flood: log of {size} bytes holds {held} bytes");
     q.kill9();
 }
 

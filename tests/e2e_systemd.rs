@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::nspawn::{Container, BIN_MOUNT};
 use machina::plan::{Access, Grant, Plan};
+use machina::systemd::machined;
 use machina::systemd::unit::{self, UnitOptions};
 use serde_json::json;
 
@@ -51,7 +52,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
     });
     let machine = json!({
         "id": uuid::Uuid::new_v4(),
-        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true}},
+        "attrs": {"memory": {"ram": 256}, "qmp": {"enabled": true}, "console": {"enabled": true}},
         "volumes": [{"name": "os", "storage": "disks"}],
         "connections": [{"name": "0", "network": "lan"}]
     });
@@ -99,9 +100,19 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         unit::render(&plan, &opts).unwrap(),
         "gen wrote the rendered unit"
     );
+    let machined_name = machined::machined_unit_name(&plan.machine);
+    let machined_unit = machined::render(&plan, &opts).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join(format!("etc/systemd/system/{machined_name}"))).unwrap(),
+        machined_unit,
+        "gen wrote the machined registration unit"
+    );
 
     // The configuration has no direct kernel boot: add it to the plan (and
-    // so to the unit's writable/readable paths) for this test's guest.
+    // so to the unit's writable/readable paths) for this test's guest. Its
+    // console (attrs.console, ttyS0) is logged to console.log, bounded by
+    // the launcher's keeper.
+    assert!(plan.console_log);
     let console = plan.runtime_dir().join("console.log");
     plan.qemu.args.extend([
         "-kernel".into(),
@@ -110,8 +121,6 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         format!("{GUEST}/initrd"),
         "-append".into(),
         image.append.clone(),
-        "-serial".into(),
-        format!("file:{}", console.display()),
         "-no-reboot".into(),
     ]);
     for f in ["vmlinuz", "initrd"] {
@@ -140,6 +149,7 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
         0o644,
     );
     c.write_unit(&unit_name, &unit_text);
+    c.write_unit(&machined_name, &machined_unit);
     c.write_file(&format!("{POOL}/{vm}-os.raw"), "", 0o600);
     c.exec_ok(&["truncate", "-s", "1M", &format!("{POOL}/{vm}-os.raw")]);
     std::fs::create_dir_all(c.path(GUEST)).unwrap();
@@ -201,6 +211,15 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
             .lines()
             .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
         "{status}"
+    );
+    // The console log's keeper runs under QEMU as the VM's uid.
+    let keeper = c.exec_ok(&["ps", "-o", "uid=,args=", "--ppid", &pid]);
+    assert!(
+        keeper.lines().any(
+            |l| l.split_whitespace().next() == Some(&plan.uid.to_string())
+                && l.contains("--console-log")
+        ),
+        "no console log keeper under QEMU {pid}:\n{keeper}"
     );
     let exe = c.exec_ok(&["readlink", &format!("/proc/{pid}/exe")]);
     assert_eq!(Path::new(exe.trim()), qemu);
@@ -289,10 +308,43 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
 
     assert_eq!(i["volumes"][0]["path"], format!("{POOL}/{vm}-os.raw"));
 
-    // systemctl stop: ExecStop's orderly QMP shutdown, the guest powers off
+    // systemd-machined knows the VM (its registration unit ran after the
+    // launcher): class vm, its UUID, this unit, QEMU as leader.
+    let listed = |c: &Container| {
+        c.exec_ok(&["machinectl", "list", "--no-legend"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(vm.as_str()))
+            .map(str::to_owned)
+    };
+    wait_for(
+        &c,
+        &machined_name,
+        "machinectl list to show the VM",
+        Duration::from_secs(60),
+        || listed(&c).is_some(),
+    );
+    let row = listed(&c).unwrap();
+    assert_eq!(row.split_whitespace().nth(1), Some("vm"), "{row}");
+    let props = c.exec_ok(&["machinectl", "show", &vm]);
+    // Printed as 32 hex digits or as a UUID, depending on systemd.
+    assert!(
+        props.contains(&format!("Id={}", plan.uuid.simple()))
+            || props.contains(&format!("Id={}", plan.uuid.hyphenated())),
+        "{props}"
+    );
+    for want in [
+        format!("Unit={unit_name}"),
+        format!("Leader={pid}"),
+        "Class=vm".into(),
+        "Service=machina".into(),
+    ] {
+        assert!(props.lines().any(|l| l == want), "{want} not in\n{props}");
+    }
+
+    // machina stop: ExecStop's orderly QMP shutdown, the guest powers off
     // itself, ExecStopPost tears down.
     let t = Instant::now();
-    c.exec_ok(&["systemctl", "stop", &unit_name]);
+    c.exec_ok(&[&format!("{BIN_MOUNT}/machina"), "stop", &vm]);
     let stop = t.elapsed();
     let journal = c.journal(&unit_name);
     let shutdown = journal
@@ -318,5 +370,56 @@ fn generated_unit_starts_and_stops_a_real_guest_under_systemd() {
             .contains(plan.taps[0].ifname.as_str()),
         "TAP removed"
     );
-    println!("systemctl stop (orderly guest shutdown + teardown): {stop:?}");
+    // machined forgets the VM with its unit.
+    wait_for(
+        &c,
+        &unit_name,
+        "machined to drop the VM",
+        Duration::from_secs(30),
+        || listed(&c).is_none(),
+    );
+    println!("machina stop (orderly guest shutdown + teardown): {stop:?}");
+
+    // `machinectl terminate` stops the unit: the same orderly path.
+    c.exec_ok(&["systemctl", "start", &unit_name]);
+    wait_for(
+        &c,
+        &unit_name,
+        "the guest to boot again",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_to_string(&console_path)
+                .unwrap_or_default()
+                .contains(common::guest::READY_MARKER)
+        },
+    );
+    wait_for(
+        &c,
+        &machined_name,
+        "machinectl list to show the VM again",
+        Duration::from_secs(60),
+        || listed(&c).is_some(),
+    );
+    c.exec_ok(&["machinectl", "terminate", &vm]);
+    wait_for(
+        &c,
+        &unit_name,
+        "machinectl terminate to stop the unit",
+        Duration::from_secs(60),
+        || {
+            let st = c
+                .systemctl()
+                .status(std::slice::from_ref(&unit_name))
+                .unwrap()
+                .remove(0);
+            st.active_state == "inactive" && listed(&c).is_none()
+        },
+    );
+    let journal = c.journal(&unit_name);
+    let shutdowns: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains(": SHUTDOWN: "))
+        .collect();
+    assert_eq!(shutdowns.len(), 2, "{journal}");
+    assert!(shutdowns[1].contains("\"guest\":true"), "{journal}");
 }

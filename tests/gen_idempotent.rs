@@ -73,8 +73,10 @@ fn second_gen_writes_nothing_and_check_reports_an_edit() {
     let r = root.to_str().unwrap();
     let files: Vec<PathBuf> = [
         "etc/machina/launch/web-01.json",
+        "etc/systemd/system/machina-machined-web-01.service",
         "etc/systemd/system/machina-qemu-web-01.service",
         "etc/machina/launch/test-vm.json",
+        "etc/systemd/system/machina-machined-test-vm.service",
         "etc/systemd/system/machina-qemu-test-vm.service",
     ]
     .iter()
@@ -82,7 +84,7 @@ fn second_gen_writes_nothing_and_check_reports_an_edit() {
     .collect();
     let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
 
-    // --check before anything exists: all four would be written, none is.
+    // --check before anything exists: all six would be written, none is.
     let o = machina(
         &config,
         &["gen", "--check", "--root", r, "web-01", "test-vm"],
@@ -133,7 +135,7 @@ fn second_gen_writes_nothing_and_check_reports_an_edit() {
     let v = json_of(&o);
     assert_eq!(v["changed"], json!([shown[0]]), "{v}");
     assert_eq!(v["unchanged"], json!(shown[1..]), "{v}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("1 of 4 files would change"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 of 6 files would change"));
     let after: Vec<_> = files.iter().map(|f| identity(f)).collect();
     assert_eq!(before, after, "--check wrote something");
 
@@ -160,21 +162,21 @@ fn second_gen_writes_nothing_and_check_reports_an_edit() {
     // A wrong mode is a change; a symlink in a file's place is replaced,
     // never written through.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&files[2], std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&files[3], std::fs::Permissions::from_mode(0o600)).unwrap();
     let elsewhere = tmp.0.join("elsewhere");
     std::fs::write(&elsewhere, "keep").unwrap();
-    std::fs::remove_file(&files[3]).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, &files[3]).unwrap();
+    std::fs::remove_file(&files[5]).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &files[5]).unwrap();
     let o = machina(&config, &["gen", "--root", r, "test-vm"]);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(
         lines(&o),
-        [format!("wrote {}", shown[2]), format!("wrote {}", shown[3])]
+        [format!("wrote {}", shown[3]), format!("wrote {}", shown[5])]
     );
     assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "keep");
-    assert!(std::fs::symlink_metadata(&files[3]).unwrap().is_file());
-    assert_eq!(std::fs::metadata(&files[2]).unwrap().mode() & 0o7777, 0o644);
-    assert_eq!(identity(&files[3]).3, before[3].3);
+    assert!(std::fs::symlink_metadata(&files[5]).unwrap().is_file());
+    assert_eq!(std::fs::metadata(&files[3]).unwrap().mode() & 0o7777, 0o644);
+    assert_eq!(identity(&files[5]).3, before[5].3);
 
     // --preview conflicts with --check and --json (usage error).
     let o = machina(&config, &["gen", "--preview", "--check", "web-01"]);
@@ -252,10 +254,11 @@ fn gen_under_systemd_reloads_only_for_a_changed_unit_and_status_says_restart() {
     c.write_unit(&canary, &format!("{canary_text}# edited\n"));
     assert!(need_reload(&canary));
 
-    // First gen writes both files and reloads (the canary is reloaded too).
+    // First gen writes the three files (plan, unit, machined registration
+    // unit) and reloads (the canary is reloaded too).
     let o = gen(&[]);
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(lines(&o).len(), 2, "{o:?}");
+    assert_eq!(lines(&o).len(), 3, "{o:?}");
     assert!(!need_reload(&canary), "the first gen reloaded systemd");
     assert!(!need_reload(&unit));
 

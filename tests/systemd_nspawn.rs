@@ -99,6 +99,7 @@ fn plan(vm: &str, args: &[&str], log: &str) -> Plan {
         }),
         limits: Default::default(),
         network_isolation: false,
+        console_log: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args.iter().map(|s| s.to_string()).collect(),

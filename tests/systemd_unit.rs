@@ -41,6 +41,7 @@ fn base(vm: &str) -> Plan {
         needs: HostNeeds::new(Accelerator::Kvm),
         limits: Default::default(),
         network_isolation: false,
+        console_log: false,
         qemu: QemuExec {
             binary: "/usr/bin/qemu-system-x86_64".into(),
             args: args(&[
@@ -193,7 +194,17 @@ fn prerequisites(test: &str) -> bool {
 fn check(tag: &str, plan: &Plan) -> (f64, Vec<String>) {
     let unit = unit_name(&plan.machine);
     let text = render(plan, &UnitOptions::new(plan)).unwrap();
-    let tree = Tree::new(tag, &unit, &text);
+    check_text(tag, &unit, &text, &[])
+}
+
+/// Verifies and scores the unit `unit` of text `text`, with the units
+/// `others` (name, text) beside it.
+fn check_text(tag: &str, unit: &str, text: &str, others: &[(&str, &str)]) -> (f64, Vec<String>) {
+    let unit = unit.to_owned();
+    let tree = Tree::new(tag, &unit, text);
+    for (name, text) in others {
+        std::fs::write(tree.0.join("etc/systemd/system").join(name), text).unwrap();
+    }
 
     let out = Command::new(ANALYZE)
         .arg("verify")
@@ -270,6 +281,41 @@ fn minimal_unit_verifies_and_scores() {
         );
     }
     assert!(score <= 2.2, "minimal unit regressed to {score}");
+}
+
+/// The companion unit that registers a VM with systemd-machined: root
+/// with only `CAP_SYS_ADMIN` (machined's requirement), no network, a
+/// read-only system.
+#[test]
+fn machined_unit_verifies_and_scores() {
+    if !prerequisites("machined_unit_verifies_and_scores") {
+        return;
+    }
+    let p = minimal();
+    let text = machina::systemd::machined::render(&p, &UnitOptions::new(&p)).unwrap();
+    let unit = machina::systemd::machined::machined_unit_name(&p.machine);
+    let vm_unit = render(&p, &UnitOptions::new(&p)).unwrap();
+    let (score, exposures) = check_text(
+        "machined",
+        &unit,
+        &text,
+        &[(&unit_name(&p.machine), &vm_unit)],
+    );
+    for e in &exposures {
+        assert!(
+            [
+                "User=/DynamicUser=",
+                "RootDirectory=/RootImage=",
+                "PrivateUsers=",
+                "DeviceAllow=",
+                "CapabilityBoundingSet=~CAP_SYS_ADMIN",
+                "RestrictAddressFamilies=~AF_UNIX",
+            ]
+            .contains(&e.as_str()),
+            "unexpected exposure {e}"
+        );
+    }
+    assert!(score <= 1.2, "machined unit scores {score}");
 }
 
 #[test]

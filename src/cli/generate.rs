@@ -14,8 +14,8 @@ use crate::config::{self, ConfigDir};
 use crate::plan::{plan_for, IdRequest, TakenIds};
 use crate::qemu;
 use crate::systemd::control;
-use crate::systemd::swtpm_unit;
 use crate::systemd::unit::{self as unit, UnitOptions};
+use crate::systemd::{machined, swtpm_unit};
 
 /// Mode of every file `gen` writes.
 const FILE_MODE: u32 = 0o644;
@@ -118,6 +118,8 @@ pub fn generate(
                 writeln!(out, "----{}----", vm.swtpm_path.display())?;
                 out.write_all(s.as_bytes())?;
             }
+            writeln!(out, "----{}----", vm.machined_path.display())?;
+            out.write_all(vm.machined.as_bytes())?;
         }
         out.flush()?;
         return Ok(0);
@@ -132,6 +134,7 @@ pub fn generate(
         [
             (&vm.plan_path, Some(&vm.plan), false),
             (&vm.swtpm_path, vm.swtpm.as_ref(), true),
+            (&vm.machined_path, Some(&vm.machined), true),
             (&vm.unit_path, Some(&vm.unit), true),
         ]
     });
@@ -220,6 +223,9 @@ struct Built {
     /// The swtpm unit of a TPM VM; `None`: no TPM (a stale unit goes).
     swtpm: Option<String>,
     swtpm_path: PathBuf,
+    /// The unit that registers the VM with systemd-machined.
+    machined: String,
+    machined_path: PathBuf,
 }
 
 /// Loads and builds one machine: its plan, with the id `id_of` gives, and
@@ -255,8 +261,11 @@ fn build(
     let unit = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
     let unit = exact_text(|buf| buf.extend_from_slice(unit.as_bytes()));
     let swtpm = swtpm_unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
+    let machined = machined::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
     let unit_dir = under_root(target.root, target.unit_dir);
     Ok(Built {
+        machined_path: unit_dir.join(machined::machined_unit_name(&plan.machine)),
+        machined,
         swtpm_path: unit_dir.join(swtpm_unit::swtpm_unit_name(&plan.machine)),
         swtpm,
         qmp: !m.qmp_sockets.is_empty(),

@@ -229,6 +229,13 @@ enum Command {
         #[arg(required = true)]
         machines: Vec<String>,
     },
+    /// Registers running virtual machines with systemd-machined (`machinectl list`); run by
+    /// the unit machina-machined-<vm>.service when the VM starts.
+    Register {
+        /// Machines.
+        #[arg(required = true)]
+        machines: Vec<String>,
+    },
     /// Sends a shutdown command (ACPI power button) to virtual machines.
     Shutdown {
         /// Use the QMP socket reserved for systemd.
@@ -537,6 +544,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Teardown { force, machines } => {
             return host::teardown(&cli.plan_dir, &machines, force)
         }
+        Command::Register { machines } => return host::register(&cli.plan_dir, &machines),
         Command::Shutdown {
             system,
             wait,

@@ -441,6 +441,7 @@ pub fn dissolve(
         for path in [
             unit_dir.join(unit_name(n)),
             unit_dir.join(crate::systemd::swtpm_unit::swtpm_unit_name(n)),
+            unit_dir.join(crate::systemd::machined::machined_unit_name(n)),
             plan_dir.join(format!("{n}.json")),
         ] {
             match std::fs::remove_file(&path) {

@@ -3,7 +3,10 @@
 //!
 //! The steps, in order (DESIGN.md, privilege model): plan → lock → runtime
 //! directory → TAPs → mediated devices → file grants → `/dev/kvm` → QEMU
-//! binary check → rlimits → drop → exec. Each step returns a guard; if a
+//! binary check → rlimits → network namespace → console log keeper (for a
+//! VM with `attrs.console`, see [`console_log`]) → drop → exec (the
+//! namespace is created by a helper thread from the lock step on, see
+//! [`netns`]). Each step returns a guard; if a
 //! later step fails, `launch` returns and the guards undo everything in
 //! reverse order before the one-line error is printed.
 //!
@@ -25,6 +28,7 @@
 //! (see [`qemu_args`]); the QEMU binary and the directories above it must
 //! be root's alone, and the checked fd is what gets executed.
 
+pub mod console_log;
 pub mod log;
 pub mod qemu_args;
 pub mod swtpm;
@@ -88,6 +92,24 @@ pub fn main() -> i32 {
     ensure_stdio();
     log::init();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `--console-log LOG PID`: the console log's keeper, started by the
+    // launcher as the VM's uid (see `console_log`).
+    if args.first().is_some_and(|a| a == "--console-log") {
+        let parent = args.get(2).and_then(|p| p.to_str()?.parse().ok());
+        return match (args.get(1), parent, args.len()) {
+            (Some(log), Some(parent), 3) => match console_log::keep(Path::new(log), parent) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("machina-launch: console log keeper: {e}");
+                    1
+                }
+            },
+            _ => {
+                eprintln!("usage: machina-launch --console-log LOG PID (started by the launcher)");
+                2
+            }
+        };
+    }
     // `--swtpm`: the VM's software TPM instead of QEMU.
     let tpm = args.first().is_some_and(|a| a == "--swtpm");
     if tpm {
@@ -252,6 +274,13 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         return refuse("qemu", e);
     }
     steps.done("plan checks");
+    // The network namespace is made by a helper thread while the steps
+    // below run (it costs the kernel milliseconds); entered after the TAPs.
+    let isolation = if plan.network_isolation {
+        Some(netns::Isolation::create().step("network namespace")?)
+    } else {
+        None
+    };
     let root = runtime_dir::open_root().step("runtime directory")?;
     let lock_dir = runtime_dir::open_lock_dir().step("lock")?;
     let lock = FileLock::acquire(
@@ -293,7 +322,7 @@ fn run_locked(plan: &Plan) -> Result<std::convert::Infallible, Failure> {
         );
     }
     steps.done("lock");
-    let failure = launch(plan, &root, &lock, &mut steps);
+    let failure = launch(plan, &root, &lock, isolation, &mut steps);
     lock.remove();
     Err(failure)
 }
@@ -332,8 +361,14 @@ pub fn lock_fd_number(plan: &Plan) -> i32 {
 }
 
 /// The prepare steps, drop and exec. Guards live here, so returning undoes.
-fn launch(plan: &Plan, root: &OwnedFd, lock: &FileLock, steps: &mut log::Steps<'_>) -> Failure {
-    match launch_steps(plan, root, lock, steps) {
+fn launch(
+    plan: &Plan,
+    root: &OwnedFd,
+    lock: &FileLock,
+    isolation: Option<netns::Isolation>,
+    steps: &mut log::Steps<'_>,
+) -> Failure {
+    match launch_steps(plan, root, lock, isolation, steps) {
         Ok(never) => match never {},
         Err(f) => f,
     }
@@ -343,6 +378,7 @@ fn launch_steps(
     plan: &Plan,
     root: &OwnedFd,
     lock: &FileLock,
+    isolation: Option<netns::Isolation>,
     steps: &mut log::Steps<'_>,
 ) -> Result<std::convert::Infallible, Failure> {
     let _dir = runtime_dir::RuntimeDir::prepare(root, &plan.runtime_dir(), plan.uid, plan.gid)
@@ -378,12 +414,20 @@ fn launch_steps(
     if let Some(bytes) = plan.needs.memlock {
         privdrop::set_memlock(bytes).step("rlimit")?;
     }
-    if plan.network_isolation {
+    if let Some(ns) = isolation {
         // After the TAPs are open: they stay on the host's bridge.
-        netns::isolate().step("network namespace")?;
+        ns.enter().step("network namespace")?;
+        steps.done("network namespace");
     }
     let prefix = format!("machina-launch: {}: ", plan.machine);
     privdrop::detach_terminal(&prefix).step("terminal")?;
+    if plan.console_log {
+        // After the namespace thread has ended (the fork needs a single
+        // thread) and the terminal is gone; undone by itself: the keeper
+        // ends with the launcher, or with the QEMU it becomes.
+        console_log::start(plan, &prefix).step("console log")?;
+        steps.done("console log");
+    }
     steps.exec(&plan.qemu.binary);
     let hint = format!(
         "(root was already given up; run `machina teardown {}`)",

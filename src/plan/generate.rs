@@ -62,6 +62,7 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
         needs: hw.needs.clone(),
         limits: m.limits.clone(),
         network_isolation: !hw.needs.inet(),
+        console_log: m.console.is_some(),
         qemu: QemuExec {
             binary: m.qemu.binary.clone(),
             args: hw.argv(),

@@ -1,7 +1,8 @@
 //! The last steps before QEMU: the memory-lock limit, then the privilege
 //! drop and `execve`.
 //!
-//! The drop is done single-threaded (the launcher never starts a thread),
+//! The drop is done single-threaded (the launcher's only helper thread,
+//! which creates the network namespace, has been joined by then),
 //! in the only order that works: supplementary groups and gid first, the
 //! bounding and ambient sets while `CAP_SETPCAP` is still held, then the
 //! uid, then whatever capability is left, `no_new_privs`, the fds, the

@@ -1,6 +1,7 @@
 //! systemd: rendering of the VM's unit, `systemctl` control and unit status.
 
 pub mod control;
+pub mod machined;
 pub mod swtpm_unit;
 pub mod unit;
 

@@ -363,6 +363,12 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
         line!("BindsTo={swtpm}");
         line!("After={swtpm}");
     }
+    // Registers the VM with systemd-machined once the launcher runs
+    // (super::machined says why not in an ExecStartPost=).
+    line!(
+        "Wants={}",
+        super::machined::machined_unit_name(&plan.machine)
+    );
     line!("StartLimitIntervalSec=1m0s");
     line!("StartLimitBurst=2");
     line!("");
@@ -615,6 +621,7 @@ mod tests {
             needs: HostNeeds::new(Accelerator::Kvm),
             limits: Default::default(),
             network_isolation: false,
+            console_log: false,
             qemu: QemuExec {
                 binary: "/usr/bin/qemu-system-x86_64".into(),
                 args: args.iter().map(|s| s.to_string()).collect(),

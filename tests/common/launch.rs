@@ -225,6 +225,7 @@ pub fn plan(sb: &Sandbox, qemu: &Path, name: &str, taps: Vec<Tap>, grants: Vec<G
         needs,
         limits: Default::default(),
         network_isolation: false,
+        console_log: false,
         qemu: QemuExec {
             binary: qemu.to_owned(),
             args,

@@ -139,6 +139,24 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// The `/proc/<pid>/status` text of every process whose parent is `parent`.
+pub fn procs_with_parent(parent: i32) -> Vec<String> {
+    let want = format!("PPid:\t{parent}\n");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|s| s.contains(&want))
+        .collect()
+}
+
 /// Directory of the recorded outputs of the Go program (`tests/data/go`).
 pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/go")

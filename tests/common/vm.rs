@@ -239,10 +239,18 @@ impl PtyProcess {
     /// what was seen.
     pub fn expect(&mut self, what: &str, limit: std::time::Duration) {
         let deadline = std::time::Instant::now() + limit;
+        // Searches only what is new (and the overlap), so a long output
+        // (a flood) costs linear time.
+        let what_bytes = what.as_bytes();
+        let mut from = 0;
         loop {
-            if String::from_utf8_lossy(&self.seen).contains(what) {
+            if self.seen[from..]
+                .windows(what_bytes.len().max(1))
+                .any(|w| w == what_bytes)
+            {
                 return;
             }
+            from = self.seen.len().saturating_sub(what_bytes.len());
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(chunk) => self.seen.extend(chunk),
