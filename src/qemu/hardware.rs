@@ -224,7 +224,7 @@ impl<'m> Builder<'m> {
         } else {
             o
         };
-        self.blockdevs.push(o.named("filename", v.path.display()));
+        self.blockdevs.push(o.named("filename", &v.path));
         Ok(node)
     }
 
@@ -268,7 +268,7 @@ impl<'m> Builder<'m> {
             Opt::new("chardev")
                 .word("socket")
                 .named("id", "tpm.0.socket")
-                .named("path", tpm.socket.display()),
+                .named("path", &tpm.socket),
         );
         self.tpmdevs.push(
             Opt::new("tpmdev")
@@ -290,7 +290,7 @@ impl<'m> Builder<'m> {
                     .named("id", &id)
                     .named("server", "on")
                     .named("wait", "off")
-                    .named("path", path.display()),
+                    .named("path", path),
             );
             self.mons.push(
                 Opt::new("mon")
@@ -350,10 +350,10 @@ impl<'m> Builder<'m> {
             Opt::new("chardev")
                 .word("socket")
                 .named("id", "console")
-                .named("path", console.socket.display())
+                .named("path", &console.socket)
                 .named("server", "on")
                 .named("wait", "off")
-                .named("logfile", console.log.display())
+                .named("logfile", &console.log)
                 .named("logappend", "on"),
         );
         self.serials.push(
@@ -454,10 +454,8 @@ impl<'m> Builder<'m> {
         if v.readonly {
             f = f.named("read-only", "on");
         }
-        self.blockdevs.push(
-            f.named("discard", "unmap")
-                .named("filename", v.path.display()),
-        );
+        self.blockdevs
+            .push(f.named("discard", "unmap").named("filename", &v.path));
         let mut r = Opt::new("blockdev")
             .named("driver", "raw")
             .named("node-name", &node);
@@ -482,7 +480,7 @@ impl<'m> Builder<'m> {
                 .named("driver", "file")
                 .named("node-name", &node)
                 .named("read-only", "on")
-                .named("filename", v.path.display()),
+                .named("filename", &v.path),
         );
         Ok(node)
     }
@@ -513,7 +511,7 @@ impl<'m> Builder<'m> {
                             .named("driver", "vvfat")
                             .named("node-name", &node)
                             .named("read-only", "on")
-                            .named("dir", v.path.display()),
+                            .named("dir", &v.path),
                     );
                     node
                 };

@@ -45,9 +45,20 @@ impl ParamValue for &String {
     }
 }
 
-impl ParamValue for std::path::Display<'_> {
+impl ParamValue for &std::path::Path {
     fn into_value(self) -> Cow<'static, str> {
-        Cow::Owned(self.to_string())
+        // What `Path::display` shows, without the formatting machinery and
+        // its byte-at-a-time lossy decoding (a path or two per device).
+        Cow::Owned(match self.to_str() {
+            Some(s) => s.to_owned(),
+            None => self.to_string_lossy().into_owned(),
+        })
+    }
+}
+
+impl ParamValue for &std::path::PathBuf {
+    fn into_value(self) -> Cow<'static, str> {
+        self.as_path().into_value()
     }
 }
 
