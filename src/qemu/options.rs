@@ -251,26 +251,20 @@ pub fn argv_line(argv: &[String]) -> String {
     line
 }
 
-/// Bytes that need no shell quoting (a table: this runs over every byte of
-/// every argv `machina args` prints).
-const SHELL_SAFE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'_' | b'=' | b',' | b'.' | b'/' | b':' | b'@' | b'%' | b'+'
-            );
-        b += 1;
-    }
-    t
-};
+/// Whether byte `c` needs no shell quoting.
+fn shell_safe_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'-' | b'_' | b'=' | b',' | b'.' | b'/' | b':' | b'@' | b'%' | b'+'
+        )
+}
 
-/// Whether `s` needs no quoting for a POSIX shell.
+/// Whether `s` can be printed unquoted. This runs over every byte of every
+/// argv `machina args` prints: a fold without early exit over comparisons
+/// (no table lookup) lets the compiler vectorize it.
 fn is_shell_safe(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| SHELL_SAFE[usize::from(b)])
+    !s.is_empty() && s.iter().fold(true, |ok, &b| ok & shell_safe_byte(b))
 }
 
 /// Quotes `s` for a POSIX shell when needed.
