@@ -398,3 +398,98 @@ fn every_broken_machine_is_reported_and_nothing_is_written() {
     );
     assert!(!root.exists(), "gen wrote files for a broken run");
 }
+
+/// `args` and `gen --preview` stream their output a block of VMs at a time
+/// (issue 12): over more VMs than a block, the output is each VM's own, in
+/// the order given, with the uids `gen` writes (ids are confirmed in order
+/// across blocks); a broken VM in the middle is reported on stderr (one
+/// line, exit 1) and the others are still printed, while `gen` proper
+/// writes nothing.
+#[test]
+fn streamed_output_spans_blocks_in_order() {
+    const N: usize = 600;
+    let tmp = TempDir::new("gen-stream");
+    let config = tmp.0.join("config");
+    copy_examples(&config);
+    let mut names = Vec::new();
+    for i in 0..N {
+        let name = format!("w{i:04}");
+        let text = json!({
+            "id": format!("5c0ffee0-7d3b-4c8a-9a57-{:012x}", 0x1000 + i),
+            "tags": ["server", "uefi"],
+            "volumes": [{"name": "os", "storage": "vm-disks"}],
+            "connections": [{"name": "lan", "network": "local"}],
+        });
+        std::fs::write(
+            config.join(format!("machine.conf.d/{name}.conf.json")),
+            text.to_string(),
+        )
+        .unwrap();
+        names.push(name);
+    }
+    let mut args: Vec<&str> = names.iter().map(String::as_str).collect();
+    let root = tmp.0.join("root");
+    let r = root.to_str().unwrap();
+
+    // What `gen` writes, one VM at a time in one run: the reference.
+    let mut gen = vec!["gen", "--root", r];
+    gen.extend(&args);
+    let o = machina(&config, &gen);
+    assert!(o.status.success(), "{o:?}");
+    let plan_of = |n: &str| {
+        std::fs::read_to_string(root.join(format!("etc/machina/launch/{n}.json"))).unwrap()
+    };
+
+    // The same root: the same users, groups and existing plans.
+    let mut preview = vec!["gen", "--preview", "--root", r];
+    preview.extend(&args);
+    let o = machina(&config, &preview);
+    assert!(o.status.success(), "{o:?}");
+    let text = String::from_utf8(o.stdout).unwrap();
+    let plans: Vec<&str> = text
+        .split("\n----")
+        .filter(|s| s.contains(".json----\n"))
+        .collect();
+    assert_eq!(plans.len(), N);
+    for (plan, name) in plans.iter().zip(&names) {
+        let body = plan.split_once("----\n").unwrap().1;
+        assert!(
+            plan.contains(&format!("/{name}.json----")),
+            "out of order at {name}"
+        );
+        // The plan in the preview is the one `gen` wrote (same uid).
+        assert_eq!(body.trim_end(), plan_of(name).trim_end(), "{name}");
+    }
+
+    // One broken VM in the middle of the second block.
+    std::fs::write(
+        config.join("machine.conf.d/bad.conf.json"),
+        r#"{"attrs": {"memory": {"rma": 1}}}"#,
+    )
+    .unwrap();
+    args.insert(300, "bad");
+    let o = machina(&config, &[&["args"][..], &args].concat());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad.conf.json") && err.contains("rma"),
+        "{err}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let heads: Vec<&str> = out.lines().filter(|l| l.starts_with("----")).collect();
+    assert_eq!(heads.len(), N, "every VM that built is printed");
+    assert_eq!(heads[299], "----w0299----");
+    assert_eq!(heads[300], "----w0300----");
+    let single = machina(&config, &["args", "w0450"]);
+    let line = String::from_utf8(single.stdout).unwrap();
+    assert!(out.contains(&format!("----w0450----\n{line}")));
+
+    let fresh = tmp.0.join("fresh");
+    let o = machina(
+        &config,
+        &[&["gen", "--root", fresh.to_str().unwrap()][..], &args].concat(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(!fresh.exists(), "gen wrote files for a broken run");
+}

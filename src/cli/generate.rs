@@ -68,60 +68,61 @@ pub fn generate(
     let mut taken = TakenIds::scan(&under_root(target.root, Path::new("/etc")), &plan_dir);
     taken.reserve(names.len());
 
-    // Build everything first: any error aborts before anything is written.
-    // Each VM keeps only the text of its plan and unit, not the machine,
-    // hardware and plan they came from (10,000 VMs: about 130 MiB).
-    let built = parallel_map(&names, |n| {
-        build(dir, &host, n, target, |req| taken.id_of(req).ok())
-    });
+    // Built a block at a time. Ids depend on the VMs before them
+    // (collisions within this run), so each is confirmed in order; the rare
+    // VM whose id differs from the one its plan was built with (computed
+    // from the host's state alone) is built again. A preview prints each
+    // block as it is confirmed; otherwise every VM is built before
+    // anything is written, and any error aborts the run. Each VM keeps only
+    // the text of its files, not the machine, hardware and plan they came
+    // from (10,000 VMs: about 130 MiB).
     let mut errors: Vec<CliError> = Vec::new();
-    let mut vms = Vec::with_capacity(built.len());
-    for b in built {
-        match b {
-            Ok(vm) => vms.push(vm),
-            Err(e) => errors.push(e),
+    let mut vms = Vec::new();
+    let mut preview = (mode == Mode::Preview)
+        // Block-buffered: stdout is line-buffered, a write per line.
+        .then(|| std::io::BufWriter::with_capacity(1 << 16, &mut *out));
+    for block in names.chunks(super::STREAM_BLOCK) {
+        let built = parallel_map(block, |n| {
+            build(dir, &host, n, target, |req| taken.id_of(req).ok())
+        });
+        for (vm, name) in built.into_iter().zip(block) {
+            let vm = vm.and_then(|vm| {
+                let id = taken.id_of(&vm.id).map_err(|e| CliError(e.to_string()))?;
+                taken.take(&vm.id, id);
+                if vm.uid == Some(id) {
+                    Ok(vm)
+                } else {
+                    build(dir, &host, name, target, |_| Some(id))
+                }
+            });
+            let vm = match vm {
+                Ok(vm) => vm,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            if !vm.qmp {
+                eprintln!(
+                    "machina: {name}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown"
+                );
+            }
+            match &mut preview {
+                Some(out) => print_preview(out, &vm, vms.is_empty() && errors.is_empty())?,
+                None => vms.push(vm),
+            }
         }
     }
+    if let Some(mut w) = preview.take() {
+        w.flush()?;
+    }
+    // The writer's borrow of `out` ends here, for the report below.
+    drop(preview);
     // One line per problem of every broken machine.
     if !errors.is_empty() {
         return Err(CliError::join(errors));
     }
-    // Ids depend on the VMs before them (collisions within this run), so
-    // each is confirmed in order; the rare VM whose id differs from the one
-    // its plan was built with (computed from the host's state alone) is
-    // built again.
-    for (vm, name) in vms.iter_mut().zip(&names) {
-        let id = taken.id_of(&vm.id).map_err(|e| CliError(e.to_string()))?;
-        taken.take(&vm.id, id);
-        if vm.uid != Some(id) {
-            *vm = build(dir, &host, name, target, |_| Some(id))?;
-        }
-        if !vm.qmp {
-            eprintln!(
-                "machina: {name}: QMP is not enabled (attrs.qmp.enabled): `systemctl stop` will end QEMU without an orderly guest shutdown"
-            );
-        }
-    }
-
     if mode == Mode::Preview {
-        // Block-buffered: stdout is line-buffered, a write per line.
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-        for (i, vm) in vms.iter().enumerate() {
-            if i > 0 {
-                writeln!(out)?;
-            }
-            writeln!(out, "----{}----", vm.plan_path.display())?;
-            out.write_all(vm.plan.as_bytes())?;
-            writeln!(out, "----{}----", vm.unit_path.display())?;
-            out.write_all(vm.unit.as_bytes())?;
-            if let Some(s) = &vm.swtpm {
-                writeln!(out, "----{}----", vm.swtpm_path.display())?;
-                out.write_all(s.as_bytes())?;
-            }
-            writeln!(out, "----{}----", vm.machined_path.display())?;
-            out.write_all(vm.machined.as_bytes())?;
-        }
-        out.flush()?;
         return Ok(0);
     }
 
@@ -276,6 +277,24 @@ fn build(
         plan: exact_text(|buf| plan.write_json(buf)),
         unit,
     })
+}
+
+/// Prints one VM's files for `gen --preview`, each under a `----<path>----`
+/// line; a blank line before every VM but the first.
+fn print_preview(out: &mut impl Write, vm: &Built, first: bool) -> std::io::Result<()> {
+    if !first {
+        writeln!(out)?;
+    }
+    writeln!(out, "----{}----", vm.plan_path.display())?;
+    out.write_all(vm.plan.as_bytes())?;
+    writeln!(out, "----{}----", vm.unit_path.display())?;
+    out.write_all(vm.unit.as_bytes())?;
+    if let Some(s) = &vm.swtpm {
+        writeln!(out, "----{}----", vm.swtpm_path.display())?;
+        out.write_all(s.as_bytes())?;
+    }
+    writeln!(out, "----{}----", vm.machined_path.display())?;
+    out.write_all(vm.machined.as_bytes())
 }
 
 /// The file name of a unit path (what systemctl calls the unit).

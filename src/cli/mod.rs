@@ -99,7 +99,8 @@ enum Command {
     /// Generates the launch plan and systemd unit of virtual machines.
     #[command(visible_alias = "gen")]
     Generate {
-        /// Print the plans and units instead of writing them.
+        /// Print the plans and units instead of writing them (as they build:
+        /// a broken VM is reported at the end, after the others' files).
         #[arg(long, conflicts_with_all = ["check", "json"])]
         preview: bool,
         /// Write nothing; list the files that would change and exit 1 if there are any.
@@ -443,38 +444,40 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::List { json } => return units::list(&dir, &cli.plan_dir, json),
         Command::Args { machines } => {
-            // Everything is built before anything is printed, so an error
-            // leaves no partial output; only the lines are kept.
+            // Streamed a block at a time, in order: a run over thousands of
+            // VMs holds one block of lines, not all of them. A broken VM's
+            // problems are reported at the end (every one of them, exit 1);
+            // the lines of the VMs that built are printed.
             let host = dir.load_host()?;
             let names = machine_names(&machines)?;
-            let results = parallel_map(&names, |name| -> Result<String, ConfigError> {
-                let m = config::load_machine(&dir, &host, name)?;
-                warn_refusals(&[&m]);
-                let hw = qemu::build(&m)?;
-                Ok(exact_text(|buf| qemu::write_options_line(&hw.options, buf)))
-            });
-            // Every machine's problems are reported, not only the first's.
             let mut problems = Problems::default();
-            let lines: Vec<(&MachineName, String)> = results
-                .into_iter()
-                .zip(&names)
-                .filter_map(|(line, name)| problems.take(line).map(|l| (name, l)))
-                .collect();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            let many = names.len() > 1;
+            let mut first = true;
+            for block in names.chunks(STREAM_BLOCK) {
+                let lines = parallel_map(block, |name| -> Result<String, ConfigError> {
+                    let m = config::load_machine(&dir, &host, name)?;
+                    warn_refusals(&[&m]);
+                    let hw = qemu::build(&m)?;
+                    Ok(exact_text(|buf| qemu::write_options_line(&hw.options, buf)))
+                });
+                for (line, name) in lines.into_iter().zip(block) {
+                    let Some(line) = problems.take(line) else {
+                        continue;
+                    };
+                    if !std::mem::take(&mut first) {
+                        writeln!(out)?;
+                    }
+                    if many {
+                        writeln!(out, "----{name}----")?;
+                    }
+                    writeln!(out, "{line}")?;
+                }
+            }
+            out.flush()?;
             if let Some(e) = problems.into_error() {
                 return Err(e.into());
             }
-            let mut out = std::io::BufWriter::new(out);
-            let many = lines.len() > 1;
-            for (i, (name, line)) in lines.iter().enumerate() {
-                if i > 0 {
-                    writeln!(out)?;
-                }
-                if many {
-                    writeln!(out, "----{name}----")?;
-                }
-                writeln!(out, "{line}")?;
-            }
-            out.flush()?;
         }
         Command::Generate {
             preview,
@@ -642,7 +645,7 @@ fn cat(
 /// The text `write` appends to an empty buffer, in an allocation of its own
 /// size. The buffer is kept per thread: generating thousands of VMs then
 /// neither regrows a buffer per text nor keeps the slack of a grown one
-/// (each VM's texts are all held until every VM has built).
+/// (`gen` holds every VM's texts until all have built).
 fn exact_text(write: impl FnOnce(&mut Vec<u8>)) -> String {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -659,6 +662,12 @@ fn exact_text(write: impl FnOnce(&mut Vec<u8>)) -> String {
         }
     })
 }
+
+/// How many VMs a streamed command (`args`, `gen --preview`) builds before
+/// it writes their output: what it holds at once (10,000 VMs' texts would
+/// be about 100 MiB, and the page faults to hold them cost more time than
+/// building them).
+const STREAM_BLOCK: usize = 256;
 
 /// Maps `f` over `items` on every available core, keeping the order (a
 /// host with hundreds of VMs regenerates them all at once). Small inputs
