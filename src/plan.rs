@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::names::{InterfaceName, MachineName};
 
 mod generate;
+mod json;
 pub use generate::{plan_for, IdError, IdRequest, TakenIds};
 
 /// The plan format this build writes and understands.
@@ -256,7 +257,7 @@ impl Plan {
     /// Appends [`Plan::to_json`]'s text to `buf` (a buffer reused across
     /// thousands of plans by `gen`).
     pub fn write_json(&self, buf: &mut Vec<u8>) {
-        serde_json::to_writer_pretty(&mut *buf, self).expect("plan serializes");
+        json::write_pretty(buf, self).expect("plan serializes");
         buf.push(b'\n');
     }
 
