@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn example_plans_match_serde_json() {
         let dir = crate::config::ConfigDir::new(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config"),
         );
         let host = dir.load_host().unwrap();
         for vm in ["web-01", "desk-042", "test-vm"] {
