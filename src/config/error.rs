@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Where a value came from: a file and a JSON path inside it.
+/// Where a value came from: a file and a JSON path inside it. Every value
+/// of a machine gets one, so the file's path is shared, not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// The file.
-    pub file: PathBuf,
+    pub file: Arc<Path>,
     /// The JSON path (`tag.vdi-cad.volumes[0].storage`), or empty.
     pub path: String,
 }
@@ -17,18 +19,19 @@ impl Origin {
     /// An origin at `path` inside `file`.
     pub fn new(file: &Path, path: impl Into<String>) -> Origin {
         Origin {
-            file: file.to_owned(),
+            file: file.into(),
             path: path.into(),
         }
     }
 
     /// This origin extended by a key.
     pub fn key(&self, key: &str) -> Origin {
-        let path = if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        };
+        let mut path = String::with_capacity(self.path.len() + 1 + key.len());
+        path.push_str(&self.path);
+        if !self.path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key);
         Origin {
             file: self.file.clone(),
             path,
@@ -37,9 +40,13 @@ impl Origin {
 
     /// This origin extended by a list index.
     pub fn index(&self, i: usize) -> Origin {
+        use std::fmt::Write;
+        let mut path = String::with_capacity(self.path.len() + 8);
+        path.push_str(&self.path);
+        let _ = write!(path, "[{i}]");
         Origin {
             file: self.file.clone(),
-            path: format!("{}[{i}]", self.path),
+            path,
         }
     }
 }
@@ -215,7 +222,7 @@ impl ConfigError {
             ConfigError::Invalid { origin, message } => {
                 let at = locate_in_file(&origin.file, &origin.path);
                 (
-                    Some(origin.file.clone()),
+                    Some(origin.file.to_path_buf()),
                     at.map(|a| a.0),
                     at.map(|a| a.1),
                     origin.path.clone(),
