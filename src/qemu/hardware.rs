@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::needs::{DeviceNode, HostNeeds, Listener, Service};
-use super::options::{to_argv, Opt};
+use super::options::{numbered, to_argv, Opt};
 use super::topology::{Controller, Topology, TopologyError, MAX_SATA};
 use crate::config::model::{Brand, Machine, ResolvedVolume};
 use crate::config::schema::{Accelerator, StorageType};
@@ -74,7 +74,7 @@ pub struct Hardware {
 /// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
 /// `set_link` names.
 pub fn netdev_id(i: usize) -> String {
-    format!("net.{i}")
+    numbered("net.", i as u64)
 }
 
 impl Hardware {
@@ -213,7 +213,7 @@ impl<'m> Builder<'m> {
         let node = if v.readonly {
             v.name.to_string()
         } else {
-            format!("{}-{}", self.m.name, v.name)
+            [self.m.name.as_str(), "-", v.name.as_str()].concat()
         };
         let node = self.add_node(v, &node)?;
         let o = Opt::new("blockdev")
@@ -283,7 +283,7 @@ impl<'m> Builder<'m> {
 
     fn qmp(&mut self) {
         for (i, path) in self.m.qmp_sockets.iter().enumerate() {
-            let id = format!("qmp.{i}");
+            let id = numbered("qmp.", i as u64);
             self.chardevs.push(
                 Opt::new("chardev")
                     .word("socket")
@@ -413,7 +413,7 @@ impl<'m> Builder<'m> {
             })
             .map_err(|e| topo_err(&origin, e))?;
         for i in 0..2 {
-            let chardev = format!("usbredir.{i}");
+            let chardev = numbered("usbredir.", i);
             self.chardevs.push(
                 Opt::new("chardev")
                     .word("spicevmc")
@@ -444,8 +444,8 @@ impl<'m> Builder<'m> {
 
     /// The two nodes of a raw image: a file node and a raw format node.
     fn raw_nodes(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
-        let node = format!("{}-{}", self.m.name, v.name);
-        let file = format!("{node}-file");
+        let node = [self.m.name.as_str(), "-", v.name.as_str()].concat();
+        let file = [node.as_str(), "-file"].concat();
         let node = self.add_node(v, &node)?;
         let file = self.add_node(v, &file)?;
         let mut f = Opt::new("blockdev")
@@ -505,7 +505,8 @@ impl<'m> Builder<'m> {
                 let node = if v.kind == StorageType::RawBlock {
                     self.raw_nodes(v)?
                 } else {
-                    let node = self.add_node(v, &format!("{}-{}", self.m.name, v.name))?;
+                    let node =
+                        self.add_node(v, &[self.m.name.as_str(), "-", v.name.as_str()].concat())?;
                     self.blockdevs.push(
                         Opt::new("blockdev")
                             .named("driver", "vvfat")
@@ -549,7 +550,7 @@ impl<'m> Builder<'m> {
                         Opt::new("device")
                             .word("ide-cd")
                             .named("id", id)
-                            .named("bus", format!("ide.{port}"))
+                            .named("bus", numbered("ide.", port as u64))
                             .named("drive", node),
                     )
                     .map_err(err)?;
@@ -642,7 +643,13 @@ impl<'m> Builder<'m> {
     fn devices(&mut self) -> Result<(), ConfigError> {
         for d in &self.m.devices {
             let id = self.topo.next_id("vfio");
-            let sysfsdev = format!("/sys/bus/mdev/devices/{}", d.uuid);
+            let sysfsdev = [
+                "/sys/bus/mdev/devices/",
+                d.uuid
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ]
+            .concat();
             self.topo
                 .add_root(|root| {
                     Opt::new("device")
@@ -681,7 +688,9 @@ impl<'m> Builder<'m> {
                     .named_opt("threads", nz(c.threads)),
             );
         }
-        o.push(Opt::new("m").named("size", format!("{}M", m.ram_mib)));
+        let mut size = numbered("", m.ram_mib);
+        size.push('M');
+        o.push(Opt::new("m").named("size", size));
         o.push(
             Opt::new("rtc")
                 .named("base", "utc")

@@ -179,6 +179,26 @@ impl Opt {
     }
 }
 
+/// `<prefix><n>`: a QEMU id such as `net.0`, without the formatting
+/// machinery (a VM has dozens of ids, a host thousands of VMs).
+pub fn numbered(prefix: &str, n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(prefix.len() + digits.len() - i);
+    s.push_str(prefix);
+    s.extend(digits[i..].iter().map(|&d| char::from(d)));
+    s
+}
+
 /// Doubles every comma, QEMU's escape for a literal comma in a value.
 fn push_escaped(out: &mut Vec<u8>, v: &str) {
     if !v.as_bytes().contains(&b',') {

@@ -8,7 +8,7 @@
 //! function 0 of a slot, which left the slot's other functions invisible to
 //! the guest; and the list stops at slot 31 instead of emitting slot 32.
 
-use super::options::Opt;
+use super::options::{numbered, Opt};
 
 /// Items on the root complex: slots 1–31, 8 functions each.
 pub const MAX_ITEMS: usize = 31 * 8;
@@ -84,7 +84,8 @@ pub struct Topology {
     items: Vec<Item>,
     /// Indices consumed (non-PCI items at function 0 consume none).
     next_index: usize,
-    counters: std::collections::HashMap<&'static str, usize>,
+    /// Per id prefix, the next number (a handful of prefixes: a list).
+    counters: Vec<(&'static str, u64)>,
     iothread: bool,
 }
 
@@ -107,7 +108,10 @@ impl Address {
 
     /// `S.F`.
     pub fn addr(&self) -> String {
-        format!("{}.{}", self.slot, self.function)
+        let mut s = numbered("", self.slot as u64);
+        s.push('.');
+        s.push(char::from(b'0' + self.function as u8));
+        s
     }
 }
 
@@ -119,8 +123,14 @@ impl Topology {
 
     /// Next id for a prefix: `<prefix>.<n>`.
     pub fn next_id(&mut self, prefix: &'static str) -> String {
-        let n = self.counters.entry(prefix).or_insert(0);
-        let id = format!("{prefix}.{n}");
+        let n = match self.counters.iter_mut().find(|(p, _)| *p == prefix) {
+            Some((_, n)) => n,
+            None => {
+                self.counters.push((prefix, 0));
+                &mut self.counters.last_mut().expect("just pushed").1
+            }
+        };
+        let id = numbered(&[prefix, "."].concat(), *n);
         *n += 1;
         id
     }
@@ -154,7 +164,7 @@ impl Topology {
     }
 
     fn root_port(a: Address, index: usize) -> (Opt, String) {
-        let id = format!("pcie.{}.{}", a.slot, a.function);
+        let id = ["pcie.", &a.addr()].concat();
         let port = Topology::direct_params(
             Opt::new("device")
                 .word("ioh3420")
@@ -246,8 +256,8 @@ impl Topology {
         let n = children.len();
         let id = match kind {
             // USB ports are 1-based.
-            Controller::Usb => format!("usb.0.{}", n + 1),
-            _ => format!("{}.0.{n}", kind.prefix()),
+            Controller::Usb => numbered("usb.0.", n as u64 + 1),
+            _ => numbered(&[kind.prefix(), ".0."].concat(), n as u64),
         };
         children.push(make(id, n));
         Ok(())
