@@ -323,12 +323,22 @@ pub fn derive_vm_id(
     id: &Uuid,
     machine: &str,
     range: IdRange,
-    mut taken: impl FnMut(u32) -> bool,
+    mut taken: impl FnMut(&u32) -> bool,
 ) -> Option<u32> {
-    (0..MAX_ID_ROUNDS).find_map(|round| {
+    vm_id_candidates(id, machine, range, 0).find(|c| !taken(c))
+}
+
+/// [`derive_vm_id`]'s candidates from round `from` on (a caller that kept
+/// round 0's need not hash it again).
+pub fn vm_id_candidates<'a>(
+    id: &'a Uuid,
+    machine: &'a str,
+    range: IdRange,
+    from: u64,
+) -> impl Iterator<Item = u32> + 'a {
+    (from..MAX_ID_ROUNDS).map(move |round| {
         let v = u32::from_be_bytes(group_seed(id, machine, round).read());
-        let candidate = range.first + (u64::from(v) % range.size()) as u32;
-        (!taken(candidate)).then_some(candidate)
+        range.first + (u64::from(v) % range.size()) as u32
     })
 }
 
@@ -501,7 +511,7 @@ mod tests {
         let r = IdRange::default();
         let first = derive_vm_id(&id, "test-vm", r, |_| false).unwrap();
         assert!(r.contains(first));
-        let second = derive_vm_id(&id, "test-vm", r, |v| v == first).unwrap();
+        let second = derive_vm_id(&id, "test-vm", r, |&v| v == first).unwrap();
         assert!(r.contains(second));
         assert_ne!(first, second);
         // Stable across calls.

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{Access, Grant, Mdev, Plan, QemuExec, Tap, PLAN_VERSION};
 use crate::config::model::{FsGroup, Machine, ResolvedVolume};
 use crate::config::schema::StorageType;
-use crate::identity::derive_vm_id;
+use crate::identity::{derive_vm_id, vm_id_candidates};
 use crate::names::MachineName;
 use crate::qemu::Hardware;
 
@@ -225,9 +225,12 @@ impl TakenIds {
                 && (matches!(User::from_uid(Uid::from_raw(id)), Ok(Some(_)))
                     || matches!(Group::from_gid(Gid::from_raw(id)), Ok(Some(_))))
         };
-        derive_vm_id(&r.uuid, r.name.as_str(), r.group.range, |c| {
-            self.ids.contains(&c) || other_vm(c) || nss_taken(c)
-        })
+        let taken = |&c: &u32| self.ids.contains(&c) || other_vm(c) || nss_taken(c);
+        let rest = vm_id_candidates(&r.uuid, r.name.as_str(), r.group.range, 1);
+        match r.first_candidate {
+            Some(first) => std::iter::once(first).chain(rest).find(|c| !taken(c)),
+            None => derive_vm_id(&r.uuid, r.name.as_str(), r.group.range, taken),
+        }
         .ok_or_else(|| IdError::Exhausted {
             machine: r.name.to_string(),
             first: r.group.range.first,
@@ -251,15 +254,23 @@ pub struct IdRequest {
     pub uuid: uuid::Uuid,
     /// Its configured group.
     pub group: FsGroup,
+    /// The first derived candidate, when the id is derived: `gen` asks for
+    /// a VM's id twice (while building, then in order), and the hash is
+    /// most of the cost of asking.
+    first_candidate: Option<u32>,
 }
 
 impl IdRequest {
     /// The request for `m`.
     pub fn of(m: &Machine) -> IdRequest {
+        let derived = m.group.id.is_none() && m.group.refused.is_none();
         IdRequest {
             name: m.name.clone(),
             uuid: m.id,
             group: m.group.clone(),
+            first_candidate: derived
+                .then(|| vm_id_candidates(&m.id, m.name.as_str(), m.group.range, 0).next())
+                .flatten(),
         }
     }
 }
