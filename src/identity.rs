@@ -19,6 +19,15 @@ use uuid::Uuid;
 /// between two permutations.
 const RATE: usize = 168;
 
+/// Xors a block of input into the rate's lanes (little-endian, as Keccak
+/// numbers the state's bytes).
+fn xor_block(state: &mut [u64; 25], block: &[u8; RATE]) {
+    let (lanes, _) = block.as_chunks::<8>();
+    for (s, lane) in state.iter_mut().zip(lanes) {
+        *s ^= u64::from_le_bytes(*lane);
+    }
+}
+
 /// A SHAKE128 stream seeded with a machine's identity and some components.
 ///
 /// A sponge of its own over `keccak::f1600` rather than the `sha3` crate's
@@ -39,34 +48,38 @@ impl Seed {
             state: [0; 25],
             pos: 0,
         };
-        s.absorb(id.as_bytes());
-        s.absorb(&(name.len() as u64).to_be_bytes());
-        s.absorb(name.as_bytes());
+        // The input is gathered a block at a time and xored into the state
+        // a lane at a time (rather than a byte at a time).
+        let mut block = [0u8; RATE];
+        let mut absorb = |data: &[u8]| {
+            let mut data = data;
+            while !data.is_empty() {
+                let n = data.len().min(RATE - s.pos);
+                block[s.pos..s.pos + n].copy_from_slice(&data[..n]);
+                s.pos += n;
+                data = &data[n..];
+                if s.pos == RATE {
+                    xor_block(&mut s.state, &block);
+                    keccak::f1600(&mut s.state);
+                    block = [0; RATE];
+                    s.pos = 0;
+                }
+            }
+        };
+        absorb(id.as_bytes());
+        absorb(&(name.len() as u64).to_be_bytes());
+        absorb(name.as_bytes());
         for c in components {
-            s.absorb(&(c.len() as u64).to_be_bytes());
-            s.absorb(c);
+            absorb(&(c.len() as u64).to_be_bytes());
+            absorb(c);
         }
         // SHAKE's domain bits and pad10*1, then the first permutation.
-        s.xor_byte(s.pos, 0x1f);
-        s.xor_byte(RATE - 1, 0x80);
+        block[s.pos] ^= 0x1f;
+        block[RATE - 1] ^= 0x80;
+        xor_block(&mut s.state, &block);
         keccak::f1600(&mut s.state);
         s.pos = 0;
         s
-    }
-
-    fn xor_byte(&mut self, i: usize, b: u8) {
-        self.state[i / 8] ^= u64::from(b) << (8 * (i % 8));
-    }
-
-    fn absorb(&mut self, data: &[u8]) {
-        for &b in data {
-            self.xor_byte(self.pos, b);
-            self.pos += 1;
-            if self.pos == RATE {
-                keccak::f1600(&mut self.state);
-                self.pos = 0;
-            }
-        }
     }
 
     /// Reads the next `N` bytes of the stream.

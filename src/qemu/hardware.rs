@@ -2,7 +2,6 @@
 //! build order (reference §3.2): defaults, identity, firmware, attributes,
 //! volumes, connections, devices.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::needs::{DeviceNode, HostNeeds, Listener, Service};
@@ -44,6 +43,9 @@ pub const SANDBOX: &[&str] = &[
 
 /// The address every TCP listener of QEMU (spice, the guest agent) binds.
 pub const LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// [`LISTEN_ADDRESS`] as QEMU's options spell it.
+const LISTEN_HOST: &str = "127.0.0.1";
 
 /// Extra locked memory for vfio guests beyond their RAM (as libvirt does).
 const MEMLOCK_MARGIN: u64 = 1 << 30;
@@ -126,7 +128,8 @@ struct Builder<'m> {
     chardevs: Vec<Opt>,
     tpmdevs: Vec<Opt>,
     netdevs: Vec<Opt>,
-    nodes: HashSet<String>,
+    /// Block node names taken (a handful per VM: a list).
+    nodes: Vec<String>,
     bootindex: u32,
     sata: usize,
     taps: Vec<TapFds>,
@@ -153,7 +156,7 @@ impl<'m> Builder<'m> {
             chardevs: Vec::new(),
             tpmdevs: Vec::new(),
             netdevs: Vec::new(),
-            nodes: HashSet::new(),
+            nodes: Vec::new(),
             bootindex: 0,
             sata: 0,
             taps: Vec::new(),
@@ -232,12 +235,13 @@ impl<'m> Builder<'m> {
     /// when QEMU accepts it, else [`valid_node_name`] of it.
     fn add_node(&mut self, v: &ResolvedVolume, natural: &str) -> Result<String, ConfigError> {
         let node = valid_node_name(natural);
-        if !self.nodes.insert(node.clone()) {
+        if self.nodes.contains(&node) {
             return Err(ConfigError::invalid(
                 &v.origin.key("name"),
                 format!("QEMU block node name {node:?} is already used by another volume"),
             ));
         }
+        self.nodes.push(node.clone());
         Ok(node)
     }
 
@@ -326,7 +330,7 @@ impl<'m> Builder<'m> {
             Opt::new("chardev")
                 .word("socket")
                 .named("id", "guestagent")
-                .named("host", LISTEN_ADDRESS.to_string())
+                .named("host", LISTEN_HOST)
                 .named("port", port)
                 .named("server", "on")
                 .named("wait", "off")
@@ -375,7 +379,7 @@ impl<'m> Builder<'m> {
         self.spice = Some(
             Opt::new("spice")
                 .named("port", spice.port)
-                .named("addr", LISTEN_ADDRESS.to_string())
+                .named("addr", LISTEN_HOST)
                 .named("disable-ticketing", "on"),
         );
         self.needs.listeners.push(Listener {
@@ -769,7 +773,12 @@ fn nonempty(s: &String) -> Option<&String> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_node_name;
+    use super::{valid_node_name, LISTEN_ADDRESS, LISTEN_HOST};
+
+    #[test]
+    fn listen_host_spells_listen_address() {
+        assert_eq!(LISTEN_ADDRESS.to_string(), LISTEN_HOST);
+    }
 
     #[test]
     fn node_names_valid_kept_invalid_derived() {
