@@ -459,7 +459,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                     let m = config::load_machine(&dir, &host, name)?;
                     warn_refusals(&[&m]);
                     let hw = qemu::build(&m)?;
-                    Ok(exact_text(|buf| qemu::write_options_line(&hw.options, buf)))
+                    Ok(qemu::options_line(&hw.options))
                 });
                 for (line, name) in lines.into_iter().zip(block) {
                     let Some(line) = problems.take(line) else {

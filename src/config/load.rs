@@ -172,11 +172,22 @@ pub struct MachineScan {
 fn read_limited(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let f = std::fs::File::open(path)?;
-    // Sized from fstat: one read for a regular file (and one for its end)
-    // rather than a series of growing reads; the cap still holds for files
-    // whose size says nothing (a pipe, /proc).
-    let size = f.metadata().map_or(0, |m| m.len()).min(MAX_FILE_BYTES);
-    let mut text = String::with_capacity(size as usize + 1);
+    let meta = f.metadata()?;
+    if meta.is_file() && meta.len() <= MAX_FILE_BYTES {
+        // A regular file: exactly the size fstat gave, in one read, without
+        // a second read to find the end (one syscall per VM of thousands).
+        // A file rewritten meanwhile is torn either way; its parse fails.
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        f.take(meta.len()).read_to_end(&mut buf)?;
+        return String::from_utf8(buf).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        });
+    }
+    // Too large, or a size that says nothing (a pipe, /proc): the cap holds.
+    let mut text = String::new();
     f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_FILE_BYTES {
         return Err(std::io::Error::other(format!(

@@ -145,13 +145,13 @@ impl Opt {
         if self.params.is_empty() {
             return None;
         }
-        let mut s = Vec::new();
+        let mut s = String::new();
         self.write_params(&mut s);
-        Some(String::from_utf8(s).expect("parameters are UTF-8"))
+        Some(s)
     }
 
     /// Appends the parameter string to `s`.
-    fn write_params(&self, s: &mut Vec<u8>) {
+    fn write_params(&self, s: &mut String) {
         let len: usize = self
             .params
             .iter()
@@ -164,14 +164,14 @@ impl Opt {
         s.reserve(len);
         for (i, p) in self.params.iter().enumerate() {
             if i > 0 {
-                s.push(b',');
+                s.push(',');
             }
             match p {
-                Param::Word(w) => s.extend_from_slice(w.as_bytes()),
+                Param::Word(w) => s.push_str(w),
                 Param::Value(v) => push_escaped(s, v),
                 Param::Named(n, v) => {
-                    s.extend_from_slice(n.as_bytes());
-                    s.push(b'=');
+                    s.push_str(n);
+                    s.push('=');
                     push_escaped(s, v);
                 }
             }
@@ -200,48 +200,43 @@ pub fn numbered(prefix: &str, n: u64) -> String {
 }
 
 /// Doubles every comma, QEMU's escape for a literal comma in a value.
-fn push_escaped(out: &mut Vec<u8>, v: &str) {
+fn push_escaped(out: &mut String, v: &str) {
     if !v.as_bytes().contains(&b',') {
-        out.extend_from_slice(v.as_bytes());
+        out.push_str(v);
         return;
     }
     for (i, part) in v.split(',').enumerate() {
         if i > 0 {
-            out.extend_from_slice(b",,");
+            out.push_str(",,");
         }
-        out.extend_from_slice(part.as_bytes());
+        out.push_str(part);
     }
 }
 
 /// Renders options as the one line `machina args` prints (see
 /// [`argv_line`]), without building the argv first.
 pub fn options_line(opts: &[Opt]) -> String {
-    let mut line = Vec::with_capacity(opts.len() * 64);
-    write_options_line(opts, &mut line);
-    String::from_utf8(line).expect("options are UTF-8")
-}
-
-/// Appends [`options_line`]'s text to `line`.
-pub fn write_options_line(opts: &[Opt], line: &mut Vec<u8>) {
+    // About 70 bytes an option: one allocation for a typical VM.
+    let mut line = String::with_capacity(opts.len() * 80);
     for (i, o) in opts.iter().enumerate() {
         if i > 0 {
-            line.push(b' ');
+            line.push(' ');
         }
-        line.push(b'-');
-        line.extend_from_slice(o.kind.as_bytes());
+        line.push('-');
+        line.push_str(o.kind);
         if !o.params.is_empty() {
-            line.push(b' ');
+            line.push(' ');
             // Written in place; quoted (rare) only when it needs to be.
             let start = line.len();
-            o.write_params(line);
-            if !is_shell_safe(&line[start..]) {
-                let params = std::str::from_utf8(&line[start..]).expect("parameters are UTF-8");
-                let quoted = shell_quote(params).into_owned();
+            o.write_params(&mut line);
+            if !is_shell_safe(line[start..].as_bytes()) {
+                let quoted = shell_quote(&line[start..]).into_owned();
                 line.truncate(start);
-                line.extend_from_slice(quoted.as_bytes());
+                line.push_str(&quoted);
             }
         }
     }
+    line
 }
 
 /// Renders options as an argv (after `argv[0]`).
