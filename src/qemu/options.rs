@@ -229,7 +229,7 @@ pub fn options_line(opts: &[Opt]) -> String {
             // Written in place; quoted (rare) only when it needs to be.
             let start = line.len();
             o.write_params(&mut line);
-            if !is_shell_safe(line[start..].as_bytes()) {
+            if !is_shell_safe(&line.as_bytes()[start..]) {
                 let quoted = shell_quote(&line[start..]).into_owned();
                 line.truncate(start);
                 line.push_str(&quoted);
