@@ -373,9 +373,9 @@ impl<'m> Builder<'m> {
             return Ok(());
         };
         let origin = self.m.origin.clone();
-        self.machine_params = self.machine_params.clone().named("vmport", "off");
         // vmport comes right after type in the Go output.
-        reorder_vmport(&mut self.machine_params);
+        self.machine_params = std::mem::replace(&mut self.machine_params, Opt::flag("machine"))
+            .named_second("vmport", "off");
         self.spice = Some(
             Opt::new("spice")
                 .named("port", spice.port)
@@ -734,18 +734,6 @@ impl<'m> Builder<'m> {
             taps: self.taps,
             needs,
         }
-    }
-}
-
-fn reorder_vmport(machine: &mut Opt) {
-    use super::options::Param;
-    if let Some(i) = machine
-        .params
-        .iter()
-        .position(|p| matches!(p, Param::Named("vmport", _)))
-    {
-        let p = machine.params.remove(i);
-        machine.params.insert(1, p);
     }
 }
 

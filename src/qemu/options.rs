@@ -6,86 +6,86 @@
 //! written twice. (The Go program left values raw, so a comma in a serial or
 //! a file name injected extra properties.)
 
-use std::borrow::Cow;
-
-/// One parameter of an option.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Param {
-    /// A fixed bare word (`tap`, `socket`, `on`-style flags, the first
-    /// positional of `-cpu`).
-    Word(&'static str),
-    /// A value-only parameter taken from data (`-name <x>`, `-cpu <model>`).
-    Value(Cow<'static, str>),
-    /// `name=value`.
-    Named(&'static str, Cow<'static, str>),
-}
-
-/// A value a parameter can take. Fixed strings are borrowed, so building
-/// the hardware of 10,000 machines allocates only for data.
+/// A value a parameter can take, written (escaped) straight into the
+/// option's text: building the hardware of 10,000 machines allocates no
+/// string per value.
 pub trait ParamValue {
-    /// The value as text.
-    fn into_value(self) -> Cow<'static, str>;
+    /// Appends the value to `out`, each comma doubled.
+    fn push_to(self, out: &mut String);
 }
 
-impl ParamValue for &'static str {
-    fn into_value(self) -> Cow<'static, str> {
-        Cow::Borrowed(self)
+impl ParamValue for &str {
+    fn push_to(self, out: &mut String) {
+        push_escaped(out, self);
     }
 }
 
 impl ParamValue for String {
-    fn into_value(self) -> Cow<'static, str> {
-        Cow::Owned(self)
+    fn push_to(self, out: &mut String) {
+        push_escaped(out, &self);
     }
 }
 
 impl ParamValue for &String {
-    fn into_value(self) -> Cow<'static, str> {
-        Cow::Owned(self.clone())
+    fn push_to(self, out: &mut String) {
+        push_escaped(out, self);
     }
 }
 
 impl ParamValue for &std::path::Path {
-    fn into_value(self) -> Cow<'static, str> {
+    fn push_to(self, out: &mut String) {
         // What `Path::display` shows, without the formatting machinery and
         // its byte-at-a-time lossy decoding (a path or two per device).
-        Cow::Owned(match self.to_str() {
-            Some(s) => s.to_owned(),
-            None => self.to_string_lossy().into_owned(),
-        })
+        match self.to_str() {
+            Some(s) => push_escaped(out, s),
+            None => push_escaped(out, &self.to_string_lossy()),
+        }
     }
 }
 
 impl ParamValue for &std::path::PathBuf {
-    fn into_value(self) -> Cow<'static, str> {
-        self.as_path().into_value()
+    fn push_to(self, out: &mut String) {
+        self.as_path().push_to(out);
     }
 }
 
 impl ParamValue for crate::identity::Wwn {
-    fn into_value(self) -> Cow<'static, str> {
-        Cow::Owned(self.to_string())
+    fn push_to(self, out: &mut String) {
+        push_escaped(out, &self.to_string());
     }
 }
 
-macro_rules! int_value {
+macro_rules! unsigned_value {
     ($($t:ty),*) => {$(
         impl ParamValue for $t {
-            fn into_value(self) -> Cow<'static, str> {
-                Cow::Owned(self.to_string())
+            fn push_to(self, out: &mut String) {
+                push_digits(out, self as u64);
             }
         }
     )*};
 }
-int_value!(u16, u32, u64, usize, i32);
+unsigned_value!(u16, u32, u64, usize);
 
-/// A QEMU option: `-<kind> <p1>,<p2>,…`.
+impl ParamValue for i32 {
+    fn push_to(self, out: &mut String) {
+        if self < 0 {
+            out.push('-');
+        }
+        push_digits(out, u64::from(self.unsigned_abs()));
+    }
+}
+
+/// A QEMU option: `-<kind> <p1>,<p2>,…`. The parameters are rendered as
+/// they are added (a parameter is never looked at again), so the text
+/// `machina args` prints and the argv of the plan are copies of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opt {
     /// The option type without the dash.
     pub kind: &'static str,
-    /// Parameters, possibly none.
-    pub params: Vec<Param>,
+    /// The parameters so far, comma-separated, values escaped.
+    params: String,
+    /// Whether there is any parameter (one may render as empty text).
+    has_params: bool,
 }
 
 impl Opt {
@@ -93,7 +93,8 @@ impl Opt {
     pub fn flag(kind: &'static str) -> Opt {
         Opt {
             kind,
-            params: Vec::new(),
+            params: String::new(),
+            has_params: false,
         }
     }
 
@@ -101,26 +102,38 @@ impl Opt {
     pub fn new(kind: &'static str) -> Opt {
         Opt {
             kind,
-            // Most options have a few parameters: no regrowth per push.
-            params: Vec::with_capacity(8),
+            // Most options' parameters fit: no regrowth per push.
+            params: String::with_capacity(64),
+            has_params: false,
         }
     }
 
-    /// Appends a bare word.
+    /// Starts the next parameter: a comma after the previous one.
+    fn next(&mut self) -> &mut String {
+        if std::mem::replace(&mut self.has_params, true) {
+            self.params.push(',');
+        }
+        &mut self.params
+    }
+
+    /// Appends a bare word (fixed by this program: not escaped).
     pub fn word(mut self, w: &'static str) -> Opt {
-        self.params.push(Param::Word(w));
+        self.next().push_str(w);
         self
     }
 
     /// Appends a value-only parameter.
     pub fn value(mut self, v: impl ParamValue) -> Opt {
-        self.params.push(Param::Value(v.into_value()));
+        v.push_to(self.next());
         self
     }
 
     /// Appends `name=value`.
     pub fn named(mut self, name: &'static str, v: impl ParamValue) -> Opt {
-        self.params.push(Param::Named(name, v.into_value()));
+        let out = self.next();
+        out.push_str(name);
+        out.push('=');
+        v.push_to(out);
         self
     }
 
@@ -132,56 +145,43 @@ impl Opt {
         }
     }
 
+    /// Inserts `name=value` as the second parameter (after the first).
+    pub fn named_second(mut self, name: &'static str, v: &'static str) -> Opt {
+        // The first separator: a single comma (a doubled one is escaped).
+        let b = self.params.as_bytes();
+        let mut i = 0;
+        while i < b.len() && b[i] != b',' {
+            i += 1;
+        }
+        while i + 1 < b.len() && b[i + 1] == b',' {
+            i += 2;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
+            }
+        }
+        let first_end = i.min(b.len());
+        if self.has_params {
+            self.params
+                .insert_str(first_end, &[",", name, "=", v].concat());
+        } else {
+            self = self.named(name, v);
+        }
+        self
+    }
+
     /// The `-kind` argument.
     pub fn dash_kind(&self) -> String {
-        let mut s = String::with_capacity(self.kind.len() + 1);
-        s.push('-');
-        s.push_str(self.kind);
-        s
+        ["-", self.kind].concat()
     }
 
     /// The parameter string, or `None` when there are no parameters.
     pub fn param_string(&self) -> Option<String> {
-        if self.params.is_empty() {
-            return None;
-        }
-        let mut s = String::new();
-        self.write_params(&mut s);
-        Some(s)
-    }
-
-    /// Appends the parameter string to `s`.
-    fn write_params(&self, s: &mut String) {
-        let len: usize = self
-            .params
-            .iter()
-            .map(|p| match p {
-                Param::Word(w) => w.len() + 1,
-                Param::Value(v) => v.len() + 1,
-                Param::Named(n, v) => n.len() + v.len() + 2,
-            })
-            .sum();
-        s.reserve(len);
-        for (i, p) in self.params.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            match p {
-                Param::Word(w) => s.push_str(w),
-                Param::Value(v) => push_escaped(s, v),
-                Param::Named(n, v) => {
-                    s.push_str(n);
-                    s.push('=');
-                    push_escaped(s, v);
-                }
-            }
-        }
+        self.has_params.then(|| self.params.clone())
     }
 }
 
-/// `<prefix><n>`: a QEMU id such as `net.0`, without the formatting
-/// machinery (a VM has dozens of ids, a host thousands of VMs).
-pub fn numbered(prefix: &str, n: u64) -> String {
+/// Appends `n` in decimal.
+fn push_digits(out: &mut String, n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
@@ -193,9 +193,15 @@ pub fn numbered(prefix: &str, n: u64) -> String {
             break;
         }
     }
-    let mut s = String::with_capacity(prefix.len() + digits.len() - i);
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+}
+
+/// `<prefix><n>`: a QEMU id such as `net.0`, without the formatting
+/// machinery (a VM has dozens of ids, a host thousands of VMs).
+pub fn numbered(prefix: &str, n: u64) -> String {
+    let mut s = String::with_capacity(prefix.len() + 20);
     s.push_str(prefix);
-    s.extend(digits[i..].iter().map(|&d| char::from(d)));
+    push_digits(&mut s, n);
     s
 }
 
@@ -224,16 +230,10 @@ pub fn options_line(opts: &[Opt]) -> String {
         }
         line.push('-');
         line.push_str(o.kind);
-        if !o.params.is_empty() {
+        if o.has_params {
             line.push(' ');
-            // Written in place; quoted (rare) only when it needs to be.
-            let start = line.len();
-            o.write_params(&mut line);
-            if !is_shell_safe(&line.as_bytes()[start..]) {
-                let quoted = shell_quote(&line[start..]).into_owned();
-                line.truncate(start);
-                line.push_str(&quoted);
-            }
+            // Quoted (rare) only when it needs to be.
+            line.push_str(&shell_quote(&o.params));
         }
     }
     line
@@ -306,6 +306,45 @@ mod tests {
             "driver=file,filename=/a,,b/c,x,,y"
         );
         assert_eq!(to_argv(&[Opt::flag("nodefaults")]), vec!["-nodefaults"]);
+        // An empty value is still a parameter (an empty argument).
+        assert_eq!(Opt::new("x").value("").param_string().as_deref(), Some(""));
+        assert_eq!(
+            Opt::new("x")
+                .value("")
+                .named("a", 1u32)
+                .param_string()
+                .unwrap(),
+            ",a=1"
+        );
+        assert_eq!(Opt::new("x").param_string(), None);
+        assert_eq!(
+            Opt::new("fd")
+                .named("fd", -3)
+                .named("n", u64::MAX)
+                .param_string()
+                .unwrap(),
+            format!("fd=-3,n={}", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn a_second_parameter_is_inserted_after_the_first() {
+        let m = Opt::new("machine")
+            .named("type", "q35")
+            .named("pflash0", "a,b")
+            .named_second("vmport", "off");
+        assert_eq!(
+            m.param_string().unwrap(),
+            "type=q35,vmport=off,pflash0=a,,b"
+        );
+        let only = Opt::new("machine")
+            .named("type", "q35")
+            .named_second("vmport", "off");
+        assert_eq!(only.param_string().unwrap(), "type=q35,vmport=off");
+        assert_eq!(
+            options_line(&[only, Opt::flag("S")]),
+            "-machine type=q35,vmport=off -S"
+        );
     }
 
     #[test]
