@@ -964,13 +964,26 @@ fn resolve_volume(
 /// volume of every VM comes through here.
 fn clean_join(parts: &[&str]) -> String {
     let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
-    for c in parts.iter().flat_map(|p| p.split('/')) {
-        match c {
-            "" | "." => {}
-            ".." => out.truncate(out.rfind('/').unwrap_or(0)),
-            c => {
-                out.push('/');
-                out.push_str(c);
+    for p in parts {
+        let b = p.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'/' {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < b.len() && b[i] != b'/' {
+                i += 1;
+            }
+            // Split at '/' (ASCII): `start..i` are char boundaries.
+            match &p[start..i] {
+                "." => {}
+                ".." => out.truncate(out.rfind('/').unwrap_or(0)),
+                c => {
+                    out.push('/');
+                    out.push_str(c);
+                }
             }
         }
     }
