@@ -109,6 +109,7 @@ impl Opt {
     }
 
     /// Starts the next parameter: a comma after the previous one.
+    #[inline]
     fn next(&mut self) -> &mut String {
         if std::mem::replace(&mut self.has_params, true) {
             self.params.push(',');
@@ -117,18 +118,21 @@ impl Opt {
     }
 
     /// Appends a bare word (fixed by this program: not escaped).
+    #[inline]
     pub fn word(mut self, w: &'static str) -> Opt {
         self.next().push_str(w);
         self
     }
 
     /// Appends a value-only parameter.
+    #[inline]
     pub fn value(mut self, v: impl ParamValue) -> Opt {
         v.push_to(self.next());
         self
     }
 
     /// Appends `name=value`.
+    #[inline]
     pub fn named(mut self, name: &'static str, v: impl ParamValue) -> Opt {
         let out = self.next();
         out.push_str(name);
@@ -138,6 +142,7 @@ impl Opt {
     }
 
     /// Appends `name=value` when `v` is `Some`.
+    #[inline]
     pub fn named_opt(self, name: &'static str, v: Option<impl ParamValue>) -> Opt {
         match v {
             Some(v) => self.named(name, v),
@@ -198,6 +203,7 @@ pub fn numbered(prefix: &str, n: u64) -> String {
 }
 
 /// Doubles every comma, QEMU's escape for a literal comma in a value.
+#[inline]
 fn push_escaped(out: &mut String, v: &str) {
     if !v.as_bytes().contains(&b',') {
         out.push_str(v);
