@@ -57,8 +57,10 @@ pub fn machined_unit_name(vm: &MachineName) -> String {
 pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     let vm = plan.machine.as_str();
     let qemu_unit = unit_name(&plan.machine);
-    let machina = escape_word(&opts.machina.to_string_lossy(), true);
-    let mut exec = format!("-{machina}");
+    let machina = opts.machina.to_string_lossy();
+    let mut exec = String::with_capacity(128);
+    exec.push('-');
+    exec.push_str(&escape_word(&machina, true));
     if opts.plan_path != default_plan_path(&plan.machine) {
         let dir = opts.plan_path.parent().unwrap_or(Path::new("/"));
         exec.push_str(" --plan-dir ");

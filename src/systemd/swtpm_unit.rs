@@ -20,8 +20,9 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<Option<String>, UnitErr
         return Ok(None);
     };
     let vm = plan.machine.as_str();
-    let w = |p: &Path| escape_word(&p.to_string_lossy(), false);
-    let launcher = escape_word(&opts.launcher.to_string_lossy(), true);
+    let w = |p: &Path| escape_word(&p.to_string_lossy(), false).into_owned();
+    let launcher = opts.launcher.to_string_lossy();
+    let launcher = escape_word(&launcher, true);
     let exec = if opts.plan_path == default_plan_path(&plan.machine) {
         format!("{launcher} --swtpm {}", escape_word(vm, true))
     } else {
