@@ -277,7 +277,7 @@ impl Renderer<'_> {
 /// Whether `s` has a control character (C0, DEL or C1). Printable ASCII,
 /// the common case, is checked without decoding (a fold that vectorizes).
 fn has_control(s: &str) -> bool {
-    let printable_ascii = s.bytes().fold(true, |ok, b| ok & (b >= 0x20) & (b < 0x7f));
+    let printable_ascii = s.bytes().fold(true, |ok, b| ok & (0x20..0x7f).contains(&b));
     !printable_ascii && s.chars().any(char::is_control)
 }
 
