@@ -100,7 +100,7 @@ struct Compound<'s, 'a> {
     first: bool,
 }
 
-impl Compound<'_, '_> {
+impl<'s, 'a> Compound<'s, 'a> {
     /// The separator and indentation before an element or key.
     fn element(&mut self) {
         if !std::mem::take(&mut self.first) {
@@ -109,13 +109,15 @@ impl Compound<'_, '_> {
         self.ser.newline();
     }
 
-    fn close(self, bracket: u8) -> Result<(), Error> {
+    /// Closes the array or object; returns the serializer (for a
+    /// variant's enclosing object).
+    fn close(self, bracket: u8) -> &'s mut Pretty<'a> {
         self.ser.indent -= 1;
         if !self.first {
             self.ser.newline();
         }
         self.ser.out.push(bracket);
-        Ok(())
+        self.ser
     }
 
     fn key(&mut self, key: &str) -> Result<(), Error> {
@@ -188,7 +190,8 @@ impl<'s, 'a> ser::Serializer for &'s mut Pretty<'a> {
         for b in v {
             ser::SerializeSeq::serialize_element(&mut seq, b)?;
         }
-        seq.close(b']')
+        seq.close(b']');
+        Ok(())
     }
     fn serialize_none(self) -> Result<(), Error> {
         self.serialize_unit()
@@ -222,7 +225,8 @@ impl<'s, 'a> ser::Serializer for &'s mut Pretty<'a> {
     ) -> Result<(), Error> {
         let mut map = self.open(b'{');
         ser::SerializeStruct::serialize_field(&mut map, variant, v)?;
-        map.close(b'}')
+        map.close(b'}');
+        Ok(())
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'s, 'a>, Error> {
         Ok(self.open(b'['))
@@ -240,12 +244,7 @@ impl<'s, 'a> ser::Serializer for &'s mut Pretty<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'s, 'a>, Error> {
-        // `{"Variant": [ … ]}`: the outer object is closed by `end`.
-        self.out.push(b'{');
-        self.indent += 1;
-        self.newline();
-        self.string(variant)?;
-        self.out.extend_from_slice(b": ");
+        open_variant(self, variant)?;
         Ok(self.open(b'['))
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Compound<'s, 'a>, Error> {
@@ -261,13 +260,20 @@ impl<'s, 'a> ser::Serializer for &'s mut Pretty<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'s, 'a>, Error> {
-        self.out.push(b'{');
-        self.indent += 1;
-        self.newline();
-        self.string(variant)?;
-        self.out.extend_from_slice(b": ");
+        open_variant(self, variant)?;
         Ok(self.open(b'{'))
     }
+}
+
+/// Opens the object around a tuple or struct variant's value:
+/// `{"Variant": ` (closed by [`close_variant`] in `end`).
+fn open_variant(ser: &mut Pretty<'_>, variant: &str) -> Result<(), Error> {
+    ser.out.push(b'{');
+    ser.indent += 1;
+    ser.newline();
+    ser.string(variant)?;
+    ser.out.extend_from_slice(b": ");
+    Ok(())
 }
 
 /// Closes the object a tuple or struct variant opened around its value.
@@ -278,54 +284,39 @@ fn close_variant(ser: &mut Pretty<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-impl ser::SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        self.element();
-        v.serialize(&mut *self.ser)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
+/// The three kinds of array (sequence, tuple, tuple struct) alike.
+macro_rules! array {
+    ($($kind:ident::$element:ident),*) => {$(
+        impl ser::$kind for Compound<'_, '_> {
+            type Ok = ();
+            type Error = Error;
+            fn $element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+                self.element();
+                v.serialize(&mut *self.ser)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close(b']');
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, v)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, v)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close(b']')
-    }
-}
+array!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 impl ser::SerializeTupleVariant for Compound<'_, '_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        ser::SerializeSeq::serialize_element(self, v)
+        self.element();
+        v.serialize(&mut *self.ser)
     }
     fn end(self) -> Result<(), Error> {
-        let ser = &mut *self.ser;
-        ser.indent -= 1;
-        if !self.first {
-            ser.newline();
-        }
-        ser.out.push(b']');
-        close_variant(ser)
+        close_variant(self.close(b']'))
     }
 }
 
@@ -348,7 +339,8 @@ impl ser::SerializeMap for Compound<'_, '_> {
         v.serialize(&mut *self.ser)
     }
     fn end(self) -> Result<(), Error> {
-        self.close(b'}')
+        self.close(b'}');
+        Ok(())
     }
 }
 
@@ -364,7 +356,8 @@ impl ser::SerializeStruct for Compound<'_, '_> {
         v.serialize(&mut *self.ser)
     }
     fn end(self) -> Result<(), Error> {
-        self.close(b'}')
+        self.close(b'}');
+        Ok(())
     }
 }
 
@@ -379,13 +372,7 @@ impl ser::SerializeStructVariant for Compound<'_, '_> {
         ser::SerializeStruct::serialize_field(self, key, v)
     }
     fn end(self) -> Result<(), Error> {
-        let ser = &mut *self.ser;
-        ser.indent -= 1;
-        if !self.first {
-            ser.newline();
-        }
-        ser.out.push(b'}');
-        close_variant(ser)
+        close_variant(self.close(b'}'))
     }
 }
 
