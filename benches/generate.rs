@@ -2,7 +2,8 @@
 //! over 1, 100 and 10,000 VM files made from the README example, side by
 //! side with the Go program's `args` and `generate --preview` in the same
 //! run when it is present, each process pinned to CPU 0 and the two
-//! programs alternated (A B A B …) so that machine load hits both alike.
+//! programs alternated (A B B A A B …) so that machine load hits both alike
+//! and each runs as often after the other as after itself.
 //! Reports the median wall time of each, the ratios Go / machina of wall
 //! and of CPU time (user + sys; medians of the pairwise ratios; on a loaded
 //! machine the CPU ratio is the steadier one) and each one's peak RSS.
@@ -136,7 +137,7 @@ fn main() {
             "Go program not found (set MACHINA_GO or put it at ../shared/reference/go-machina): machina's figures only"
         ),
     }
-    println!("both pinned to CPU 0 (taskset -c 0), alternated; medians; ratios = median of Go/machina per pair\n");
+    println!("both pinned to CPU 0 (taskset -c 0), alternated A B B A …; medians; ratios = median of Go/machina per pair\n");
     println!(
         "{:>6}  {:<14} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
         "VMs", "command", "machina s", "Go s", "wall ratio", "CPU ratio", "machina RSS", "Go RSS"
@@ -168,19 +169,36 @@ fn main() {
         ] {
             let mut a = Vec::new();
             let mut b = Vec::new();
-            for _ in 0..runs {
-                let mut c = pinned(&bin);
-                c.arg("--config-dir")
-                    .arg(&dir)
-                    .arg("--plan-dir")
-                    .arg(&plans)
-                    .args(&ours)
-                    .args(&names);
-                a.push(run(c, &format!("machina {label}")));
-                if go.is_some() {
+            // A B B A A B …: each program runs as often right after the
+            // other as after itself. On this machine (a VM) a process that
+            // has just freed a few hundred MiB slows the page faults and
+            // file reads of the next one; in a fixed A B order machina
+            // always ran after the Go program, which never ran after a
+            // large process.
+            for i in 0..runs {
+                let ours_run = || {
+                    let mut c = pinned(&bin);
+                    c.arg("--config-dir")
+                        .arg(&dir)
+                        .arg("--plan-dir")
+                        .arg(&plans)
+                        .args(&ours)
+                        .args(&names);
+                    run(c, &format!("machina {label}"))
+                };
+                let go_run = || {
                     let mut c = pinned(&dir.join("machina"));
                     c.current_dir(&dir).args(&theirs).args(&names);
-                    b.push(run(c, &format!("Go {label}")));
+                    run(c, &format!("Go {label}"))
+                };
+                if go.is_none() {
+                    a.push(ours_run());
+                } else if i % 2 == 1 {
+                    b.push(go_run());
+                    a.push(ours_run());
+                } else {
+                    a.push(ours_run());
+                    b.push(go_run());
                 }
             }
             let ours_s = median(a.iter().map(|r| r.wall).collect());
