@@ -451,6 +451,8 @@ fn streamed_output_spans_blocks_in_order() {
         .filter(|s| s.contains(".json----\n"))
         .collect();
     assert_eq!(plans.len(), N);
+    // A blank line between two VMs, as before streaming.
+    assert_eq!(text.matches("\n\n----").count(), N - 1);
     for (plan, name) in plans.iter().zip(&names) {
         let body = plan.split_once("----\n").unwrap().1;
         assert!(

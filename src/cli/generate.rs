@@ -81,6 +81,7 @@ pub fn generate(
     let mut preview = (mode == Mode::Preview)
         // Block-buffered: stdout is line-buffered, a write per line.
         .then(|| std::io::BufWriter::with_capacity(1 << 16, &mut *out));
+    let mut first = true;
     for block in names.chunks(super::STREAM_BLOCK) {
         let built = parallel_map(block, |n| {
             build(dir, &host, n, target, |req| taken.id_of(req).ok())
@@ -108,7 +109,7 @@ pub fn generate(
                 );
             }
             match &mut preview {
-                Some(out) => print_preview(out, &vm, vms.is_empty() && errors.is_empty())?,
+                Some(out) => print_preview(out, &vm, std::mem::take(&mut first))?,
                 None => vms.push(vm),
             }
         }
