@@ -284,9 +284,10 @@ fn close_variant(ser: &mut Pretty<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The three kinds of array (sequence, tuple, tuple struct) alike.
+/// The kinds of array alike; a tuple variant's closes its enclosing
+/// object too.
 macro_rules! array {
-    ($($kind:ident::$element:ident),*) => {$(
+    ($($kind:ident::$element:ident => $end:expr),*) => {$(
         impl ser::$kind for Compound<'_, '_> {
             type Ok = ();
             type Error = Error;
@@ -295,29 +296,46 @@ macro_rules! array {
                 v.serialize(&mut *self.ser)
             }
             fn end(self) -> Result<(), Error> {
-                self.close(b']');
-                Ok(())
+                $end(self.close(b']'))
             }
         }
     )*};
 }
 
 array!(
-    SerializeSeq::serialize_element,
-    SerializeTuple::serialize_element,
-    SerializeTupleStruct::serialize_field
+    SerializeSeq::serialize_element => done,
+    SerializeTuple::serialize_element => done,
+    SerializeTupleStruct::serialize_field => done,
+    SerializeTupleVariant::serialize_field => close_variant
 );
 
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
-        self.element();
-        v.serialize(&mut *self.ser)
-    }
-    fn end(self) -> Result<(), Error> {
-        close_variant(self.close(b']'))
-    }
+/// The kinds of object with fixed keys alike; a struct variant's closes its
+/// enclosing object too.
+macro_rules! object {
+    ($($kind:ident => $end:expr),*) => {$(
+        impl ser::$kind for Compound<'_, '_> {
+            type Ok = ();
+            type Error = Error;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                v: &T,
+            ) -> Result<(), Error> {
+                self.key(key)?;
+                v.serialize(&mut *self.ser)
+            }
+            fn end(self) -> Result<(), Error> {
+                $end(self.close(b'}'))
+            }
+        }
+    )*};
+}
+
+object!(SerializeStruct => done, SerializeStructVariant => close_variant);
+
+/// Nothing more to close.
+fn done(_: &mut Pretty<'_>) -> Result<(), Error> {
+    Ok(())
 }
 
 impl ser::SerializeMap for Compound<'_, '_> {
@@ -341,38 +359,6 @@ impl ser::SerializeMap for Compound<'_, '_> {
     fn end(self) -> Result<(), Error> {
         self.close(b'}');
         Ok(())
-    }
-}
-
-impl ser::SerializeStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), Error> {
-        self.key(key)?;
-        v.serialize(&mut *self.ser)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close(b'}');
-        Ok(())
-    }
-}
-
-impl ser::SerializeStructVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), Error> {
-        ser::SerializeStruct::serialize_field(self, key, v)
-    }
-    fn end(self) -> Result<(), Error> {
-        close_variant(self.close(b'}'))
     }
 }
 
