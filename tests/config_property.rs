@@ -210,7 +210,7 @@ fn pipeline(host: &str, vm: &str) -> bool {
     let Ok(hw) = machina::qemu::build(&machine) else {
         return false;
     };
-    let plan = machina::plan::plan_for(&machine, &hw, 70000, Path::new("/sys"));
+    let plan = machina::plan::plan_for(&machine, hw, 70000, Path::new("/sys"));
     plan.check()
         .expect("a generated plan passes its own checks");
     machina::plan::Plan::from_json(&plan.to_json()).expect("a generated plan reads back");

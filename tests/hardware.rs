@@ -310,7 +310,7 @@ fn connections_multiqueue_vhost_and_options() {
     assert_eq!(opts(&a, "accel"), ["tcg"]);
     assert!(!a.contains(&"-enable-kvm".to_owned()));
     assert_eq!(opts(&a, "cpu"), ["qemu64"]);
-    let plan = machina::plan::plan_for(&m, &hw, 70000, Path::new("/sys"));
+    let plan = machina::plan::plan_for(&m, hw, 70000, Path::new("/sys"));
     assert_eq!(
         plan.qemu.binary,
         Path::new("/opt/qemu/bin/qemu-system-x86_64")
@@ -383,7 +383,7 @@ fn plan_grants_and_vfio() {
                             "volumes": [{"name": "os", "storage": "raw"}, {"name": "cd", "storage": "ahci"}],
                             "devices": [{"name": "g", "class": "vgpu"}]})).unwrap();
     let hw = machina::qemu::build(&m).unwrap();
-    let plan = machina::plan::plan_for(&m, &hw, 70000, Path::new("/sys"));
+    let plan = machina::plan::plan_for(&m, hw.clone(), 70000, Path::new("/sys"));
     let g: Vec<(String, machina::plan::Access, bool)> = plan
         .grants
         .iter()
@@ -472,7 +472,7 @@ fn resource_limits_from_tags() {
     assert_eq!(l.cpu_weight, Some(50), "the first tag that sets it wins");
     assert_eq!(l.allowed_cpus.as_deref(), Some("0-1"));
     let hw = machina::qemu::build(&m).unwrap();
-    let plan = machina::plan::plan_for(&m, &hw, 70001, Path::new("/sys"));
+    let plan = machina::plan::plan_for(&m, hw, 70001, Path::new("/sys"));
     let unit =
         machina::systemd::unit::render(&plan, &machina::systemd::unit::UnitOptions::new(&plan))
             .unwrap();
@@ -544,7 +544,7 @@ fn network_isolation_follows_tcp_listeners() {
                 .iter()
                 .map(|l| std::net::SocketAddr::new(l.address, l.port))
                 .collect::<Vec<_>>(),
-            machina::plan::plan_for(&m, &hw, 70000, Path::new("/sys")).network_isolation,
+            machina::plan::plan_for(&m, hw, 70000, Path::new("/sys")).network_isolation,
         )
     };
     assert_eq!(plan_of(json!({"memory": {"ram": 512}})), (vec![], true));
@@ -564,7 +564,7 @@ fn network_isolation_follows_tcp_listeners() {
     .unwrap();
     let mut plan = machina::plan::plan_for(
         &m,
-        &machina::qemu::build(&m).unwrap(),
+        machina::qemu::build(&m).unwrap(),
         70000,
         Path::new("/sys"),
     );

@@ -126,7 +126,7 @@ fn check_machine(
         match taken.id_for(&m) {
             Ok(id) => {
                 taken.take(&IdRequest::of(&m), id);
-                if let Some(hw) = &hw {
+                if let Some(hw) = hw {
                     let plan = crate::plan::plan_for(&m, hw, id, Path::new("/sys"));
                     if let Err(e) = unit::render(&plan, &UnitOptions::new(&plan)) {
                         problems.push(machine_problem(&m, "", &e.to_string()));

@@ -254,7 +254,7 @@ fn build(
     let hw = qemu::build(&m)?;
     let id = IdRequest::of(&m);
     let uid = id_of(&id);
-    let plan = plan_for(&m, &hw, uid.unwrap_or(0), Path::new("/sys"));
+    let plan = plan_for(&m, hw, uid.unwrap_or(0), Path::new("/sys"));
     let mut opts = UnitOptions::new(&plan);
     opts.launcher = target.bin_dir.join("machina-launch");
     opts.machina = target.bin_dir.join("machina");
@@ -286,15 +286,25 @@ fn print_preview(out: &mut impl Write, vm: &Built, first: bool) -> std::io::Resu
     if !first {
         writeln!(out)?;
     }
-    writeln!(out, "----{}----", vm.plan_path.display())?;
+    // Without the formatter's lossy conversion when the path is text (four
+    // headings per VM).
+    fn heading(out: &mut impl Write, path: &Path) -> std::io::Result<()> {
+        let Some(p) = path.to_str() else {
+            return writeln!(out, "----{}----", path.display());
+        };
+        out.write_all(b"----")?;
+        out.write_all(p.as_bytes())?;
+        out.write_all(b"----\n")
+    }
+    heading(out, &vm.plan_path)?;
     out.write_all(vm.plan.as_bytes())?;
-    writeln!(out, "----{}----", vm.unit_path.display())?;
+    heading(out, &vm.unit_path)?;
     out.write_all(vm.unit.as_bytes())?;
     if let Some(s) = &vm.swtpm {
-        writeln!(out, "----{}----", vm.swtpm_path.display())?;
+        heading(out, &vm.swtpm_path)?;
         out.write_all(s.as_bytes())?;
     }
-    writeln!(out, "----{}----", vm.machined_path.display())?;
+    heading(out, &vm.machined_path)?;
     out.write_all(vm.machined.as_bytes())
 }
 

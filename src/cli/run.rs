@@ -105,7 +105,7 @@ pub fn run(
     let id = TakenIds::scan(Path::new("/etc"), plan_dir)
         .id_for(&m)
         .map_err(|e| CliError(e.to_string()))?;
-    let plan = plan_for(&m, &hw, id, Path::new("/sys"));
+    let plan = plan_for(&m, hw, id, Path::new("/sys"));
     let console = match (&m.spice, &m.console) {
         (Some(s), _) => format!("spice://127.0.0.1:{}", s.port),
         (None, Some(_)) => format!("serial (machina console {name})"),

@@ -130,7 +130,7 @@ pub(super) fn config_changed(
     let id = taken.id_for(m).unwrap_or(installed.uid);
     let now = plan_for(
         m,
-        &hw,
+        hw,
         id,
         &installed
             .mdevs

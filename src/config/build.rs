@@ -708,18 +708,24 @@ fn resolve_qmp(
     if !attrs.qmp.enabled {
         return Ok(Vec::new());
     }
-    let dir = PathBuf::from(format!("{RUNTIME_ROOT}/{}/qmp", ctx.name));
-    let mut paths: Vec<PathBuf> = ["systemd.0", "command.0", "command.1"]
-        .iter()
-        .map(|n| dir.join(format!("{n}.qmp.socket")))
-        .collect();
+    let dir = format!("{RUNTIME_ROOT}/{}/qmp/", ctx.name);
+    // `<dir><n>.qmp.socket`, sized at once (three or more per VM).
+    let socket = |n: &str| {
+        let mut p = String::with_capacity(dir.len() + n.len() + 11);
+        p.push_str(&dir);
+        p.push_str(n);
+        p.push_str(".qmp.socket");
+        PathBuf::from(p)
+    };
+    let mut paths: Vec<PathBuf> = Vec::with_capacity(3 + attrs.qmp.sockets.names.len());
+    paths.extend(["systemd.0", "command.0", "command.1"].map(socket));
     for n in &attrs.qmp.sockets.names {
         let origin = field_origin(defs, "attrs.qmp.sockets.names", |d| {
             d.attrs.qmp.sockets.names.contains(n)
         });
         crate::names::check_name("QMP socket", n)
             .map_err(|e| ConfigError::invalid(&origin, e.to_string()))?;
-        paths.push(dir.join(format!("{n}.qmp.socket")));
+        paths.push(socket(n));
     }
     for p in &attrs.qmp.sockets.paths {
         let origin = field_origin(defs, "attrs.qmp.sockets.paths", |d| {

@@ -45,9 +45,19 @@ impl ConfigDir {
 
     /// A machine file's path.
     pub fn machine_path(&self, name: &MachineName) -> PathBuf {
-        self.root
-            .join(MACHINE_DIR)
-            .join(format!("{name}{MACHINE_SUFFIX}"))
+        // Sized at once: built twice per VM of a run.
+        let mut p = PathBuf::with_capacity(
+            self.root.as_os_str().len()
+                + MACHINE_DIR.len()
+                + name.as_str().len()
+                + MACHINE_SUFFIX.len()
+                + 2,
+        );
+        p.push(&self.root);
+        p.push(MACHINE_DIR);
+        p.push(name.as_str());
+        p.as_mut_os_string().push(MACHINE_SUFFIX);
+        p
     }
 
     /// Reads the host file. A missing host file is an error, as for the Go

@@ -12,11 +12,18 @@ use crate::names::MachineName;
 use crate::qemu::Hardware;
 
 /// Builds the plan for `m`, whose QEMU hardware is `hw`, running as `id`.
-pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan {
+/// The hardware's options become the plan's argv (moved, not copied).
+pub fn plan_for(m: &Machine, hw: Hardware, id: u32, sysfs_root: &Path) -> Plan {
     let mut grants: Vec<Grant> = Vec::new();
     let mut push = |v: &ResolvedVolume| {
         if let Some(g) = grant_for(v) {
-            if !grants.iter().any(|x| x.path == g.path) {
+            // Volume paths are clean (no `.`, `..`, `//` or trailing `/`):
+            // equal as bytes exactly when equal as paths, and much cheaper
+            // to compare than component by component.
+            if !grants
+                .iter()
+                .any(|x| x.path.as_os_str() == g.path.as_os_str())
+            {
                 grants.push(g);
             }
         }
@@ -29,16 +36,21 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
     }
     m.volumes.iter().for_each(&mut push);
 
+    let Hardware {
+        options,
+        taps,
+        needs,
+    } = hw;
     let taps = m
         .connections
         .iter()
-        .zip(&hw.taps)
+        .zip(taps)
         .map(|(c, fds)| Tap {
             ifname: c.ifname.clone(),
             bridge: c.bridge.clone(),
             mac: c.mac.clone(),
-            fds: fds.fds.clone(),
-            vhost_fds: fds.vhost_fds.clone(),
+            fds: fds.fds,
+            vhost_fds: fds.vhost_fds,
         })
         .collect();
     let mdevs: Vec<Mdev> = m
@@ -59,13 +71,13 @@ pub fn plan_for(m: &Machine, hw: &Hardware, id: u32, sysfs_root: &Path) -> Plan 
         taps,
         mdevs,
         grants,
-        needs: hw.needs.clone(),
+        network_isolation: !needs.inet(),
+        needs,
         limits: m.limits.clone(),
-        network_isolation: !hw.needs.inet(),
         console_log: m.console.is_some(),
         qemu: QemuExec {
             binary: m.qemu.binary.clone(),
-            args: hw.argv(),
+            args: crate::qemu::into_argv(options),
         },
         tpm: m.tpm.as_ref().and_then(|t| {
             Some(super::Swtpm {

@@ -485,7 +485,7 @@ mod tests {
             let name = crate::names::MachineName::new(vm).unwrap();
             let m = crate::config::load_machine(&dir, &host, &name).unwrap();
             let hw = crate::qemu::build(&m).unwrap();
-            let plan = crate::plan::plan_for(&m, &hw, 70000, std::path::Path::new("/sys"));
+            let plan = crate::plan::plan_for(&m, hw, 70000, std::path::Path::new("/sys"));
             let mut ours = Vec::new();
             plan.write_json(&mut ours);
             let theirs = serde_json::to_string_pretty(&plan).unwrap() + "\n";

@@ -73,17 +73,17 @@ pub struct Hardware {
     pub needs: HostNeeds,
 }
 
-/// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
-/// `set_link` names.
-pub fn netdev_id(i: usize) -> String {
-    numbered("net.", i as u64)
-}
-
 impl Hardware {
     /// The argv after `argv[0]`.
     pub fn argv(&self) -> Vec<String> {
         to_argv(&self.options)
     }
+}
+
+/// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
+/// `set_link` names.
+pub fn netdev_id(i: usize) -> String {
+    numbered("net.", i as u64)
 }
 
 /// Longest QEMU block node name (`BLOCK_NODE_NAME` is 32 bytes with NUL).
@@ -149,14 +149,15 @@ impl<'m> Builder<'m> {
             m,
             topo: Topology::new(),
             machine_params: Opt::new("machine").named("type", "q35"),
-            globals: Vec::new(),
-            mons: Vec::new(),
+            // Sized for a typical VM (the README's example): no regrowth.
+            globals: Vec::with_capacity(4),
+            mons: Vec::with_capacity(4),
             spice: None,
-            blockdevs: Vec::new(),
-            chardevs: Vec::new(),
+            blockdevs: Vec::with_capacity(16),
+            chardevs: Vec::with_capacity(4),
             tpmdevs: Vec::new(),
-            netdevs: Vec::new(),
-            nodes: Vec::new(),
+            netdevs: Vec::with_capacity(2),
+            nodes: Vec::with_capacity(8),
             bootindex: 0,
             sata: 0,
             taps: Vec::new(),
@@ -669,7 +670,19 @@ impl<'m> Builder<'m> {
 
     fn finish(self, cpu: Opt) -> Hardware {
         let m = self.m;
-        let mut o = Vec::new();
+        let iothread = self.topo.has_iothread();
+        let devices = self.topo.into_devices();
+        // The single options (at most 14) and the lists: one allocation.
+        let mut o = Vec::with_capacity(
+            14 + self.mons.len()
+                + self.globals.len()
+                + self.blockdevs.len()
+                + self.chardevs.len()
+                + self.tpmdevs.len()
+                + self.netdevs.len()
+                + devices.len()
+                + self.serials.len(),
+        );
         if !m.id.is_nil() {
             o.push(Opt::new("uuid").value(m.id.to_string()));
         }
@@ -709,7 +722,7 @@ impl<'m> Builder<'m> {
                 .named("menu", "on")
                 .named("reboot-timeout", 5000),
         );
-        if self.topo.has_iothread() {
+        if iothread {
             o.push(
                 Opt::new("object")
                     .word("iothread")
@@ -720,7 +733,7 @@ impl<'m> Builder<'m> {
         o.extend(self.chardevs);
         o.extend(self.tpmdevs);
         o.extend(self.netdevs);
-        o.extend(self.topo.into_devices());
+        o.extend(devices);
         o.extend(self.serials);
         o.push(SANDBOX.iter().fold(Opt::new("sandbox"), |s, w| s.word(w)));
         let mut needs = self.needs;

@@ -9,4 +9,4 @@ pub mod topology;
 pub use hardware::{
     build, netdev_id, valid_node_name, Hardware, TapFds, FIRST_FD, LISTEN_ADDRESS, SANDBOX,
 };
-pub use options::{argv_line, options_line, to_argv, Opt};
+pub use options::{argv_line, into_argv, options_line, to_argv, Opt};

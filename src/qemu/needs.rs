@@ -116,11 +116,16 @@ pub enum DeviceNode {
 impl DeviceNode {
     /// The node's path.
     pub fn path(self) -> &'static Path {
-        Path::new(match self {
+        Path::new(self.path_str())
+    }
+
+    /// [`DeviceNode::path`] as text (for unit lines).
+    pub fn path_str(self) -> &'static str {
+        match self {
             DeviceNode::Kvm => "/dev/kvm",
             DeviceNode::Tun => "/dev/net/tun",
             DeviceNode::VhostNet => "/dev/vhost-net",
             DeviceNode::Vfio => "/dev/vfio/vfio",
-        })
+        }
     }
 }

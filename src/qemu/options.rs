@@ -103,7 +103,7 @@ impl Opt {
         Opt {
             kind,
             // Most options' parameters fit: no regrowth per push.
-            params: String::with_capacity(64),
+            params: String::with_capacity(128),
             has_params: false,
         }
     }
@@ -239,11 +239,17 @@ pub fn options_line(opts: &[Opt]) -> String {
 
 /// Renders options as an argv (after `argv[0]`).
 pub fn to_argv(opts: &[Opt]) -> Vec<String> {
+    into_argv(opts.to_vec())
+}
+
+/// [`to_argv`] that moves each option's parameter string into the argv
+/// (a plan per VM: no copy of each).
+pub fn into_argv(opts: Vec<Opt>) -> Vec<String> {
     let mut argv = Vec::with_capacity(opts.len() * 2);
     for o in opts {
         argv.push(o.dash_kind());
-        if let Some(p) = o.param_string() {
-            argv.push(p);
+        if o.has_params {
+            argv.push(o.params);
         }
     }
     argv

@@ -483,7 +483,7 @@ pub fn render(plan: &Plan, opts: &UnitOptions) -> Result<String, UnitError> {
     nodes.dedup();
     let mut devices: Vec<(String, &str)> = nodes
         .iter()
-        .map(|d| (d.path().display().to_string(), "rw"))
+        .map(|d| (d.path_str().to_owned(), "rw"))
         .collect();
     for g in &plan.grants {
         if is_dev(&g.path) {
