@@ -259,9 +259,10 @@ fn build(
     opts.launcher = target.bin_dir.join("machina-launch");
     opts.machina = target.bin_dir.join("machina");
     opts.plan_path = target.plan_dir.join(format!("{}.json", plan.machine));
-    // Copied into allocations of their own size (see `exact_text`).
+    // Copied into an allocation of its own size (as `exact_text` does for
+    // the plan): `gen` holds every VM's texts until all have built.
     let unit = unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
-    let unit = exact_text(|buf| buf.extend_from_slice(unit.as_bytes()));
+    let unit = unit.as_str().to_owned();
     let swtpm = swtpm_unit::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
     let machined = machined::render(&plan, &opts).map_err(|e| CliError(e.to_string()))?;
     let unit_dir = under_root(target.root, target.unit_dir);

@@ -1,8 +1,7 @@
 //! Tag merge (reference §2.11), population of derived identities (§7) and
 //! resolution against the host file, with every check the Go program lacked.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use uuid::Uuid;
@@ -457,8 +456,9 @@ fn merge_named<'a, T>(
     list: impl Fn(&'a Definition) -> &'a Vec<T>,
     name: impl Fn(&T) -> Option<String>,
 ) -> Vec<(&'a T, Origin)> {
-    // Name → (definition, index) of its first entry.
-    let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
+    // Name, definition and index of each first entry. A VM's lists are
+    // short: a scan is cheaper than hashing each name.
+    let mut seen: Vec<(String, usize, usize)> = Vec::new();
     let mut out = Vec::new();
     for (di, d) in defs.iter().enumerate() {
         for (i, item) in list(d.def).iter().enumerate() {
@@ -469,24 +469,22 @@ fn merge_named<'a, T>(
                 ));
                 continue;
             };
-            match seen.entry(n) {
-                Entry::Vacant(e) => {
-                    e.insert((di, i));
+            match seen.iter().find(|(s, _, _)| *s == n) {
+                None => {
+                    seen.push((n, di, i));
                     out.push((item, d.origin.key(key).index(i)));
                 }
-                Entry::Occupied(e) if e.get().0 == di => {
+                Some((n, first_def, first)) if *first_def == di => {
                     p.push(ConfigError::invalid(
                         &d.origin.key(key).index(i).key("name"),
                         format!(
-                            "{what} {:?} is already defined at {}[{}]; give each {what} its own name",
-                            e.key(),
+                            "{what} {n:?} is already defined at {}[{first}]; give each {what} its own name",
                             d.origin.key(key).path,
-                            e.get().1
                         ),
                     ));
                 }
                 // Defined by an earlier definition: the first wins.
-                Entry::Occupied(_) => {}
+                Some(_) => {}
             }
         }
     }
@@ -733,8 +731,12 @@ fn resolve_qmp(
         });
         paths.push(check_socket_path(&origin, p)?);
     }
-    let mut seen = HashSet::new();
-    paths.retain(|p| seen.insert(p.clone()));
+    // The three defaults are distinct: only sockets the files add can
+    // repeat one.
+    if paths.len() > 3 {
+        let mut seen = HashSet::new();
+        paths.retain(|p| seen.insert(p.clone()));
+    }
     for p in &paths {
         if p.as_os_str().len() > 107 {
             return Err(ConfigError::invalid(
