@@ -95,14 +95,23 @@ const MAX_NODE_NAME: usize = 31;
 /// digits of its SHA3-256 (stable, 17 characters). Node-names are not guest
 /// visible: the Go program emitted invalid ones, which QEMU refused.
 pub fn valid_node_name(natural: &str) -> String {
-    let ok = natural.len() <= MAX_NODE_NAME
+    if natural_node_name_ok(natural) {
+        return natural.to_owned();
+    }
+    hashed_node_name(natural)
+}
+
+/// Whether QEMU accepts `natural` as a node-name (see [`valid_node_name`]).
+fn natural_node_name_ok(natural: &str) -> bool {
+    natural.len() <= MAX_NODE_NAME
         && natural.starts_with(|c: char| c.is_ascii_alphabetic())
         && natural
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-    if ok {
-        return natural.to_owned();
-    }
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// `n` and the first 16 hex digits of the SHA3-256 of `natural`.
+fn hashed_node_name(natural: &str) -> String {
     use sha3::{Digest, Sha3_256};
     let digest = Sha3_256::digest(natural.as_bytes());
     let mut out = String::from("n");
@@ -219,7 +228,7 @@ impl<'m> Builder<'m> {
         } else {
             [self.m.name.as_str(), "-", v.name.as_str()].concat()
         };
-        let node = self.add_node(v, &node)?;
+        let node = self.add_node(v, node)?;
         let o = Opt::new("blockdev")
             .named("driver", "file")
             .named("node-name", &node);
@@ -234,8 +243,13 @@ impl<'m> Builder<'m> {
 
     /// Registers a block node and returns its node-name: the natural one
     /// when QEMU accepts it, else [`valid_node_name`] of it.
-    fn add_node(&mut self, v: &ResolvedVolume, natural: &str) -> Result<String, ConfigError> {
-        let node = valid_node_name(natural);
+    fn add_node(&mut self, v: &ResolvedVolume, natural: String) -> Result<String, ConfigError> {
+        // The natural name itself when valid (the usual case): no copy.
+        let node = if natural_node_name_ok(&natural) {
+            natural
+        } else {
+            hashed_node_name(&natural)
+        };
         if self.nodes.contains(&node) {
             return Err(ConfigError::invalid(
                 &v.origin.key("name"),
@@ -451,8 +465,8 @@ impl<'m> Builder<'m> {
     fn raw_nodes(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
         let node = [self.m.name.as_str(), "-", v.name.as_str()].concat();
         let file = [node.as_str(), "-file"].concat();
-        let node = self.add_node(v, &node)?;
-        let file = self.add_node(v, &file)?;
+        let node = self.add_node(v, node)?;
+        let file = self.add_node(v, file)?;
         let mut f = Opt::new("blockdev")
             .named("driver", "file")
             .named("node-name", &file);
@@ -479,7 +493,7 @@ impl<'m> Builder<'m> {
 
     /// A read-only file node for an ISO, named after the volume.
     fn iso_node(&mut self, v: &ResolvedVolume) -> Result<String, ConfigError> {
-        let node = self.add_node(v, v.name.as_str())?;
+        let node = self.add_node(v, v.name.to_string())?;
         self.blockdevs.push(
             Opt::new("blockdev")
                 .named("driver", "file")
@@ -511,7 +525,7 @@ impl<'m> Builder<'m> {
                     self.raw_nodes(v)?
                 } else {
                     let node =
-                        self.add_node(v, &[self.m.name.as_str(), "-", v.name.as_str()].concat())?;
+                        self.add_node(v, [self.m.name.as_str(), "-", v.name.as_str()].concat())?;
                     self.blockdevs.push(
                         Opt::new("blockdev")
                             .named("driver", "vvfat")

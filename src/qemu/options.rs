@@ -196,8 +196,14 @@ fn push_digits(out: &mut String, n: u64) {
 /// `<prefix><n>`: a QEMU id such as `net.0`, without the formatting
 /// machinery (a VM has dozens of ids, a host thousands of VMs).
 pub fn numbered(prefix: &str, n: u64) -> String {
-    let mut s = String::with_capacity(prefix.len() + 20);
-    s.push_str(prefix);
+    numbered_parts(&[prefix], n)
+}
+
+/// [`numbered`] with a prefix in parts (`["pcie", "."]`), joined in the
+/// one allocation.
+pub fn numbered_parts(prefix: &[&str], n: u64) -> String {
+    let mut s = String::with_capacity(prefix.iter().map(|p| p.len()).sum::<usize>() + 20);
+    prefix.iter().for_each(|p| s.push_str(p));
     push_digits(&mut s, n);
     s
 }

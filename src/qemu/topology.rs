@@ -8,7 +8,7 @@
 //! function 0 of a slot, which left the slot's other functions invisible to
 //! the guest; and the list stops at slot 31 instead of emitting slot 32.
 
-use super::options::{numbered, Opt};
+use super::options::{numbered, numbered_parts, Opt, ParamValue};
 
 /// Items on the root complex: slots 1–31, 8 functions each.
 pub const MAX_ITEMS: usize = 31 * 8;
@@ -105,13 +105,15 @@ impl Address {
             function: index % 8,
         }
     }
+}
 
-    /// `S.F`.
-    pub fn addr(&self) -> String {
-        let mut s = numbered("", self.slot as u64);
-        s.push('.');
-        s.push(char::from(b'0' + self.function as u8));
-        s
+impl ParamValue for Address {
+    /// `S.F` (digits and a dot: nothing to escape), without a string of
+    /// its own.
+    fn push_to(self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self.slot));
+        out.push('.');
+        out.push(char::from(b'0' + self.function as u8));
     }
 }
 
@@ -130,7 +132,7 @@ impl Topology {
                 &mut self.counters.last_mut().expect("just pushed").1
             }
         };
-        let id = numbered(&[prefix, "."].concat(), *n);
+        let id = numbered_parts(&[prefix, "."], *n);
         *n += 1;
         id
     }
@@ -155,7 +157,7 @@ impl Topology {
 
     /// `bus=pcie.0,addr=S.F[,multifunction=on]` for a direct device.
     pub fn direct_params(o: Opt, a: Address) -> Opt {
-        let o = o.named("bus", "pcie.0").named("addr", a.addr());
+        let o = o.named("bus", "pcie.0").named("addr", a);
         if a.function == 0 {
             o.named("multifunction", "on")
         } else {
@@ -164,7 +166,9 @@ impl Topology {
     }
 
     fn root_port(a: Address, index: usize) -> (Opt, String) {
-        let id = ["pcie.", &a.addr()].concat();
+        let mut id = String::with_capacity(16);
+        id.push_str("pcie.");
+        a.push_to(&mut id);
         let port = Topology::direct_params(
             Opt::new("device")
                 .word("ioh3420")
@@ -257,7 +261,7 @@ impl Topology {
         let id = match kind {
             // USB ports are 1-based.
             Controller::Usb => numbered("usb.0.", n as u64 + 1),
-            _ => numbered(&[kind.prefix(), ".0."].concat(), n as u64),
+            _ => numbered_parts(&[kind.prefix(), ".0."], n as u64),
         };
         children.push(make(id, n));
         Ok(())
