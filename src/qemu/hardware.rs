@@ -73,17 +73,17 @@ pub struct Hardware {
     pub needs: HostNeeds,
 }
 
+/// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
+/// `set_link` names.
+pub fn netdev_id(i: usize) -> String {
+    numbered("net.", i as u64)
+}
+
 impl Hardware {
     /// The argv after `argv[0]`.
     pub fn argv(&self) -> Vec<String> {
         to_argv(&self.options)
     }
-}
-
-/// The QEMU netdev id of the VM's `i`-th connection (`net.<i>`), which QMP
-/// `set_link` names.
-pub fn netdev_id(i: usize) -> String {
-    numbered("net.", i as u64)
 }
 
 /// Longest QEMU block node name (`BLOCK_NODE_NAME` is 32 bytes with NUL).
@@ -95,23 +95,20 @@ const MAX_NODE_NAME: usize = 31;
 /// digits of its SHA3-256 (stable, 17 characters). Node-names are not guest
 /// visible: the Go program emitted invalid ones, which QEMU refused.
 pub fn valid_node_name(natural: &str) -> String {
-    if natural_node_name_ok(natural) {
-        return natural.to_owned();
-    }
-    hashed_node_name(natural)
+    node_name(natural.to_owned())
 }
 
-/// Whether QEMU accepts `natural` as a node-name (see [`valid_node_name`]).
-fn natural_node_name_ok(natural: &str) -> bool {
-    natural.len() <= MAX_NODE_NAME
+/// [`valid_node_name`] taking the natural name, returned as is (no copy)
+/// when QEMU accepts it.
+fn node_name(natural: String) -> String {
+    let ok = natural.len() <= MAX_NODE_NAME
         && natural.starts_with(|c: char| c.is_ascii_alphabetic())
         && natural
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-}
-
-/// `n` and the first 16 hex digits of the SHA3-256 of `natural`.
-fn hashed_node_name(natural: &str) -> String {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        return natural;
+    }
     use sha3::{Digest, Sha3_256};
     let digest = Sha3_256::digest(natural.as_bytes());
     let mut out = String::from("n");
@@ -244,12 +241,7 @@ impl<'m> Builder<'m> {
     /// Registers a block node and returns its node-name: the natural one
     /// when QEMU accepts it, else [`valid_node_name`] of it.
     fn add_node(&mut self, v: &ResolvedVolume, natural: String) -> Result<String, ConfigError> {
-        // The natural name itself when valid (the usual case): no copy.
-        let node = if natural_node_name_ok(&natural) {
-            natural
-        } else {
-            hashed_node_name(&natural)
-        };
+        let node = node_name(natural);
         if self.nodes.contains(&node) {
             return Err(ConfigError::invalid(
                 &v.origin.key("name"),
