@@ -5,6 +5,7 @@
 //! [`qemu`] (hardware + argv) → [`plan`] → unit + plan file → [`launcher`] →
 //! [`prepare`] → exec. See DESIGN.md for the architecture.
 
+mod bytes;
 pub mod cli;
 pub mod config;
 pub mod identity;

@@ -45,7 +45,7 @@ impl ConfigDir {
 
     /// A machine file's path.
     pub fn machine_path(&self, name: &MachineName) -> PathBuf {
-        // Sized at once: built twice per VM of a run.
+        // Sized at once (one per VM of a run).
         let mut p = PathBuf::with_capacity(
             self.root.as_os_str().len()
                 + MACHINE_DIR.len()
@@ -88,8 +88,8 @@ impl ConfigDir {
         }
     }
 
-    /// Reads a machine file.
-    pub fn load_machine(&self, name: &MachineName) -> Result<MachineFile, ConfigError> {
+    /// Reads a machine file; returns its path (for error origins) with it.
+    pub fn load_machine(&self, name: &MachineName) -> Result<(PathBuf, MachineFile), ConfigError> {
         let path = self.machine_path(name);
         let text = read_limited(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound && !self.root.is_dir() {
@@ -108,7 +108,8 @@ impl ConfigDir {
                 }
             }
         })?;
-        parse(&path, &text)
+        let file = parse(&path, &text)?;
+        Ok((path, file))
     }
 
     /// The machine names present, sorted, and the files in the machine

@@ -26,7 +26,7 @@ pub fn load_machine(
     host: &HostFile,
     name: &MachineName,
 ) -> Result<Machine, ConfigError> {
-    let file = dir.load_machine(name)?;
+    let (path, file) = dir.load_machine(name)?;
     let host_path = dir.host_path();
     build(
         &Host {
@@ -35,6 +35,6 @@ pub fn load_machine(
         },
         name,
         &file,
-        &dir.machine_path(name),
+        &path,
     )
 }

@@ -41,18 +41,9 @@ impl From<serde_json::Error> for Error {
 }
 
 /// Whether JSON needs no escape in `s`: no byte below 0x20, no quote, no
-/// backslash. Checked 16 bytes at a time, each block as a fold without
-/// early exit (which vectorizes); the last, short block padded with spaces.
+/// backslash.
 fn plain(s: &[u8]) -> bool {
-    let escaped = |block: &[u8; 16]| {
-        block.iter().fold(false, |any, &b| {
-            any | (b < 0x20) | (b == b'"') | (b == b'\\')
-        })
-    };
-    let (blocks, rest) = s.as_chunks::<16>();
-    let mut last = [b' '; 16];
-    last[..rest.len()].copy_from_slice(rest);
-    !blocks.iter().any(escaped) && !escaped(&last)
+    crate::bytes::all_in_class(s, b' ', |b| (b >= 0x20) & (b != b'"') & (b != b'\\'))
 }
 
 struct Pretty<'a> {

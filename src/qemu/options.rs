@@ -288,15 +288,10 @@ fn shell_safe_byte(c: u8) -> bool {
         | (c == b'%')
 }
 
-/// Whether `s` can be printed unquoted. This runs over every byte of every
-/// argv `machina args` prints: 16 bytes at a time, each block a fold
-/// without early exit (vectorized), the short last block padded.
+/// Whether `s` can be printed unquoted (this runs over every byte of every
+/// argv `machina args` prints).
 fn is_shell_safe(s: &[u8]) -> bool {
-    let safe = |block: &[u8; 16]| block.iter().fold(true, |ok, &b| ok & shell_safe_byte(b));
-    let (blocks, rest) = s.as_chunks::<16>();
-    let mut last = [b'a'; 16];
-    last[..rest.len()].copy_from_slice(rest);
-    !s.is_empty() && blocks.iter().all(safe) && safe(&last)
+    !s.is_empty() && crate::bytes::all_in_class(s, b'a', shell_safe_byte)
 }
 
 /// Quotes `s` for a POSIX shell when needed.

@@ -277,7 +277,8 @@ impl Renderer<'_> {
 /// Whether `s` has a control character (C0, DEL or C1). Printable ASCII,
 /// the common case, is checked without decoding (a fold that vectorizes).
 fn has_control(s: &str) -> bool {
-    let printable_ascii = s.bytes().fold(true, |ok, b| ok & (0x20..0x7f).contains(&b));
+    let printable_ascii =
+        crate::bytes::all_in_class(s.as_bytes(), b' ', |b| (0x20..0x7f).contains(&b));
     !printable_ascii && s.chars().any(char::is_control)
 }
 
